@@ -1,0 +1,8 @@
+//! ros: the library side of the multi-call binary. `main.rs` only dispatches on argv[0]/PID;
+//! everything else lives here, one module per subsystem (see DESIGN.md, "Repository layout").
+
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod power;
+pub mod supervisor;
