@@ -1,0 +1,118 @@
+//! Logging for PID 1: a `log::Log` that writes every record to `/dev/kmsg` (so it is in `dmesg`
+//! and, by level, on the kernel console) and keeps the recent lines in memory for the recovery
+//! shell. Also the writer of ros's stable console lines (`ros: phase …`, `ros: ready in …`).
+//!
+//! Owns the kmsg format (`<level>ros: message`). Must never panic or block boot: a write that
+//! fails is dropped (there is nowhere else to report it before the console works).
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::sync::{Mutex, OnceLock};
+
+/// How many recent lines the recovery shell can show.
+const RING_LINES: usize = 200;
+
+/// Kernel log levels used by ros (see `include/linux/kern_levels.h`).
+fn kern_level(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Stable console lines go out at KERN_NOTICE so they show with the default console loglevel
+/// and with `loglevel=6`, which hides the kernel's own info-level chatter.
+const NOTICE: u8 = 5;
+
+struct KmsgLogger {
+    sink: Mutex<Option<File>>,
+    ring: Mutex<VecDeque<String>>,
+}
+
+static LOGGER: OnceLock<KmsgLogger> = OnceLock::new();
+
+fn logger() -> &'static KmsgLogger {
+    LOGGER.get_or_init(|| KmsgLogger { sink: Mutex::new(None), ring: Mutex::new(VecDeque::new()) })
+}
+
+impl KmsgLogger {
+    fn emit(&self, level: u8, msg: &str) {
+        if let Ok(mut ring) = self.ring.lock() {
+            if ring.len() >= RING_LINES {
+                ring.pop_front();
+            }
+            ring.push_back(msg.to_string());
+        }
+        let Ok(mut sink) = self.sink.lock() else { return };
+        if sink.is_none() {
+            *sink = OpenOptions::new().write(true).open("/dev/kmsg").ok();
+        }
+        if let Some(f) = sink.as_mut() {
+            // One write per record: /dev/kmsg takes each write as one message.
+            for part in msg.lines() {
+                let _ = f.write_all(format!("<{level}>ros: {part}\n").as_bytes());
+            }
+        } else {
+            // No /dev yet (or it failed): stderr is the console for PID 1.
+            let _ = writeln!(std::io::stderr(), "ros: {msg}");
+        }
+    }
+}
+
+impl log::Log for KmsgLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            self.emit(kern_level(record.level()), &record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Installs the kmsg logger. Safe to call more than once (after re-exec it is a new process).
+pub fn init(debug: bool) {
+    let _ = log::set_logger(logger());
+    log::set_max_level(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Info });
+}
+
+/// Re-opens `/dev/kmsg` on the next write (after /dev was mounted or moved).
+pub fn reopen() {
+    if let Ok(mut sink) = logger().sink.lock() {
+        *sink = None;
+    }
+}
+
+/// Writes one of ros's stable console lines (`ros: …`), always visible on the console.
+pub fn console(msg: &str) {
+    logger().emit(NOTICE, msg);
+}
+
+/// The recent log lines, oldest first.
+pub fn recent() -> Vec<String> {
+    logger().ring.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+}
+
+/// Seconds since the kernel started, from `/proc/uptime` (0.0 if unreadable).
+pub fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|t| t.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_map_to_kernel_levels() {
+        assert_eq!(kern_level(log::Level::Error), 3);
+        assert_eq!(kern_level(log::Level::Info), 6);
+        const { assert!(NOTICE < 6) };
+    }
+}

@@ -1,0 +1,298 @@
+//! PID 1's sequence: stage 1 in the initramfs (API mounts, switch_root, re-exec), stage 2 in
+//! the tmpfs root (mounts, cmdline, modules, config, kernel settings, `ready`), then the serve
+//! loop (signals, reaping, shells). A boot error or a panic ends in the recovery shell.
+//!
+//! Owns the phase order and the console lines `ros: phase NAME X.XXXs`, `ros: ready in X.XXXs`,
+//! `ros: config error: …`, `ros: recovery shell: …`. It never returns, never exits and never
+//! unwraps: PID 1 dying is a kernel panic.
+
+use super::cmdline::{self, Cmdline};
+use super::mounts::{self, MountError};
+use super::switch_root::{self, SwitchRootError};
+use super::sys::LinuxSys;
+use super::{config_sources, kmsg, modules};
+use crate::config::Config;
+use crate::power::{self, PowerAction};
+use crate::supervisor::reaper::{Reaped, Reaper};
+use crate::supervisor::shell;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A fault that stops boot; the recovery shell shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Mount(#[from] MountError),
+    #[error(transparent)]
+    SwitchRoot(#[from] SwitchRootError),
+    #[error("signal setup: {0}")]
+    Signals(nix::errno::Errno),
+}
+
+/// Who owns a child of PID 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Shell(String),
+}
+
+/// Modules that the config sources and the state disk need before the config is read.
+const BOOT_MODULES: &[&str] = &["qemu_fw_cfg", "virtio_blk", "virtio_net"];
+
+/// Signals PID 1 takes through its signalfd.
+const SIGNALS: &[Signal] =
+    &[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPWR, Signal::SIGHUP];
+
+/// Entry point when running as PID 1. Never returns.
+pub fn main() -> ! {
+    kmsg::init(false);
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+    let reason = match std::panic::catch_unwind(run) {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(never)) => match never {},
+        Err(p) => {
+            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            format!("panic: {}", msg.unwrap_or_else(|| "unknown".into()))
+        }
+    };
+    recovery(&reason)
+}
+
+/// Runs `f`, then prints `ros: phase NAME X.XXXs` (seconds since kernel start).
+fn phase<R>(name: &str, f: impl FnOnce() -> R) -> R {
+    let r = f();
+    kmsg::console(&format!("phase {name} {:.3}s", kmsg::uptime()));
+    r
+}
+
+fn run() -> Result<Infallible, BootError> {
+    // Stage 1: the API filesystems, then leave the initramfs (re-exec; returns only on error).
+    mounts::mount_missing(&LinuxSys, &mounts::minimal_plan(), &mounts::current())?;
+    kmsg::reopen();
+    let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on");
+    let mounted = mounts::current();
+    if switch_root::root_is_initramfs(&mounted) {
+        match switch_root::switch_to_tmpfs(&mounted)? {}
+    }
+
+    // Stage 2, in the tmpfs root.
+    let signals = Signals::block()?;
+    let reaper: Reaper<Owner> = Reaper::default();
+    phase("mounts", || mounts::mount_missing(&LinuxSys, &mounts::early_plan(), &mounts::current()))?;
+    let cmdline = phase("cmdline", || {
+        let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        cmdline::parse(&text)
+    });
+    let mut shells = Shells::new(&cmdline.debug_shells);
+    shells.respawn_due(&reaper);
+    phase("modules", load_boot_modules);
+    let config = phase("config", || load_config(&cmdline));
+    phase("kernel", || apply_kernel(&config));
+    kmsg::console(&format!("ready in {:.3}s", kmsg::uptime()));
+    serve(&signals, &reaper, &mut shells)
+}
+
+fn load_boot_modules() {
+    let dir = modules::module_dir();
+    let db = match modules::ModuleDb::load(&dir) {
+        Ok(db) => db,
+        Err(e) => return log::warn!("{e}"),
+    };
+    for name in BOOT_MODULES {
+        // Absent hardware (no fw_cfg on bare metal) is normal: ENODEV and friends are not errors.
+        match modules::load(&db, &dir, name) {
+            Ok(_) => log::debug!("module {name} loaded"),
+            Err(e) => log::info!("{e}"),
+        }
+    }
+}
+
+fn load_config(cmdline: &Cmdline) -> Config {
+    let loaded = config_sources::load(cmdline);
+    for e in &loaded.errors {
+        kmsg::console(&format!("config error: {e}"));
+        log::warn!("config layer {} skipped", e.source_name());
+    }
+    log::info!("config layers: {}", loaded.used.join(", "));
+    loaded.config
+}
+
+fn apply_kernel(config: &Config) {
+    let dir = modules::module_dir();
+    if !config.kernel.modules.is_empty() {
+        match modules::ModuleDb::load(&dir) {
+            Ok(db) => {
+                for name in &config.kernel.modules {
+                    if let Err(e) = modules::load(&db, &dir, name) {
+                        log::error!("kernel.modules: {e}");
+                    }
+                }
+            }
+            Err(e) => log::error!("kernel.modules: {e}"),
+        }
+    }
+    let wanted: BTreeMap<String, String> = config.sysctl.clone();
+    match ros_sysctl::merged_settings(&wanted) {
+        Ok(settings) => {
+            for e in ros_sysctl::apply_all(Path::new("/proc/sys"), &settings) {
+                log::error!("{e}");
+            }
+        }
+        Err(e) => log::error!("shipped sysctl defaults: {e}"),
+    }
+    if let Err(e) = nix::unistd::sethostname(&config.hostname) {
+        log::error!("hostname {}: {e}", config.hostname);
+    }
+}
+
+/// PID 1's signals: all blocked, taken one by one from a signalfd in the serve loop.
+struct Signals {
+    fd: SignalFd,
+}
+
+impl Signals {
+    fn block() -> Result<Self, BootError> {
+        let mut mask = SigSet::empty();
+        for s in SIGNALS {
+            mask.add(*s);
+        }
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(BootError::Signals)?;
+        // ctrl-alt-del becomes SIGINT to PID 1 instead of an immediate reboot.
+        let _ = nix::sys::reboot::set_cad_enabled(false);
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(BootError::Signals)?;
+        Ok(Signals { fd })
+    }
+
+    /// Waits up to `timeout` and returns the signals that arrived.
+    fn wait(&self, timeout: Duration) -> Vec<Signal> {
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) <= 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                out.push(sig);
+            }
+        }
+        out
+    }
+}
+
+/// The shells PID 1 keeps running: respawned when they exit, at most once a second.
+struct Shells {
+    ttys: Vec<String>,
+    running: BTreeMap<String, Instant>,
+    next_start: BTreeMap<String, Instant>,
+}
+
+impl Shells {
+    fn new(ttys: &[String]) -> Self {
+        let now = Instant::now();
+        Shells {
+            ttys: ttys.to_vec(),
+            running: BTreeMap::new(),
+            next_start: ttys.iter().map(|t| (t.clone(), now)).collect(),
+        }
+    }
+
+    fn respawn_due(&mut self, reaper: &Reaper<Owner>) {
+        let now = Instant::now();
+        for tty in &self.ttys {
+            let due = self.next_start.get(tty).is_some_and(|t| *t <= now);
+            if !due || self.running.contains_key(tty) {
+                continue;
+            }
+            self.next_start.remove(tty);
+            match shell::spawn_on_tty(reaper, tty, Owner::Shell(tty.clone())) {
+                Ok(pid) => {
+                    log::info!("shell on /dev/{tty} (pid {pid})");
+                    self.running.insert(tty.clone(), now);
+                }
+                Err(e) => log::error!("{e}"),
+            }
+        }
+    }
+
+    fn exited(&mut self, tty: &str) {
+        if let Some(started) = self.running.remove(tty) {
+            let delay = if started.elapsed() < Duration::from_secs(1) { Duration::from_secs(1) } else { Duration::ZERO };
+            self.next_start.insert(tty.to_string(), Instant::now() + delay);
+        }
+    }
+}
+
+fn handle_reaped(reaped: Vec<Reaped<Owner>>, shells: &mut Shells) {
+    for r in reaped {
+        match r.owner {
+            Some(Owner::Shell(tty)) => {
+                log::info!("shell on /dev/{tty} ended ({})", r.exit);
+                shells.exited(&tty);
+            }
+            None => log::debug!("reaped orphan {} ({})", r.pid, r.exit),
+        }
+    }
+}
+
+/// The serve loop: reap, respawn shells, and turn power signals into an ordered shutdown.
+fn serve(signals: &Signals, reaper: &Reaper<Owner>, shells: &mut Shells) -> ! {
+    loop {
+        for sig in signals.wait(Duration::from_millis(500)) {
+            if let Some(action) = PowerAction::from_signal(sig) {
+                power::shutdown(action, &mut || {
+                    let _ = reaper.reap();
+                });
+            }
+        }
+        handle_reaped(reaper.reap(), shells);
+        shells.respawn_due(reaper);
+    }
+}
+
+/// The console tty (`ttyS0` on QEMU), from the kernel's list of active consoles.
+fn console_tty() -> String {
+    std::fs::read_to_string("/sys/class/tty/console/active")
+        .ok()
+        .and_then(|s| s.split_whitespace().last().map(str::to_string))
+        .unwrap_or_else(|| "console".to_string())
+}
+
+/// The recovery shell: shows the error and the log on the console and keeps a root shell there,
+/// while still reaping and honouring power signals. Never returns.
+fn recovery(reason: &str) -> ! {
+    // Best effort: the fault may have been in these very mounts.
+    let _ = mounts::mount_missing(&LinuxSys, &mounts::minimal_plan(), &mounts::current());
+    kmsg::reopen();
+    kmsg::console(&format!("recovery shell: {reason}"));
+    let tty = console_tty();
+    if let Ok(mut con) = std::fs::OpenOptions::new().write(true).open(format!("/dev/{tty}")) {
+        use std::io::Write;
+        let _ = writeln!(con, "\r\n--- ros boot log (most recent last) ---\r");
+        for line in kmsg::recent() {
+            let _ = writeln!(con, "{line}\r");
+        }
+        let _ = writeln!(con, "--- error: {reason} ---\r\nType `poweroff` or `reboot` when done.\r");
+    }
+    let reaper: Reaper<Owner> = Reaper::default();
+    let mut shells = Shells::new(&[tty]);
+    match Signals::block() {
+        Ok(signals) => {
+            shells.respawn_due(&reaper);
+            serve(&signals, &reaper, &mut shells)
+        }
+        Err(e) => {
+            log::error!("recovery: {e}; shell without signal handling");
+            loop {
+                handle_reaped(reaper.reap(), &mut shells);
+                shells.respawn_due(&reaper);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}

@@ -1,0 +1,483 @@
+//! Semantic checks of a deserialised config, after serde accepted its shape.
+//!
+//! Owns: the rules serde cannot express (host name syntax, sysctl key and module name syntax,
+//! addresses, privileged workloads, ports outside bridge mode) — checked on every layer alone —
+//! and the rules that need the whole picture (an enabled container has an image, `depends_on`
+//! names exist, no dependency cycle) — checked on the merged config only.
+//! Must not: know about layers, sources or lines; it returns the key path and the reason, and the
+//! caller locates them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::error::PathSeg;
+use super::schema::{Config, Container, Interface, Kind, NetMode};
+
+/// What to check: a layer alone, or the merged config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Rules that hold for any single layer.
+    Layer,
+    /// Layer rules plus the cross-reference rules.
+    Merged,
+}
+
+/// One failed rule: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path of the offending value.
+    pub path: Vec<PathSeg>,
+    /// Why it is wrong.
+    pub reason: String,
+}
+
+fn at(keys: &[&str], reason: impl Into<String>) -> Problem {
+    Problem {
+        path: keys
+            .iter()
+            .map(|k| PathSeg::Key((*k).to_string()))
+            .collect(),
+        reason: reason.into(),
+    }
+}
+
+fn ensure(ok: bool, keys: &[&str], reason: impl FnOnce() -> String) -> Result<(), Problem> {
+    if ok {
+        Ok(())
+    } else {
+        Err(at(keys, reason()))
+    }
+}
+
+/// Checks `config`; the first problem found is returned.
+pub fn check(config: &Config, scope: Scope) -> Result<(), Problem> {
+    ensure(valid_hostname(&config.hostname), &["hostname"], || {
+        format!(
+            "invalid hostname {:?}: expected letters, digits and '-' in dot-separated labels \
+             (RFC 1123), at most 64 characters",
+            config.hostname
+        )
+    })?;
+    for (i, module) in config.kernel.modules.iter().enumerate() {
+        let ok = !module.is_empty()
+            && module
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            let mut p = at(
+                &["kernel", "modules"],
+                format!("invalid module name {module:?}: expected [A-Za-z0-9_-]+"),
+            );
+            p.path.push(PathSeg::Index(i));
+            return Err(p);
+        }
+    }
+    for (key, value) in &config.sysctl {
+        ensure(valid_sysctl_key(key), &["sysctl", key], || {
+            format!("invalid sysctl key {key:?}: expected names like net.ipv4.ip_forward")
+        })?;
+        ensure(!value.contains('\n'), &["sysctl", key], || {
+            "a sysctl value must be a single line".to_string()
+        })?;
+    }
+    for (i, m) in config.storage.mounts.iter().enumerate() {
+        let path = |field: &str| Problem {
+            path: vec![
+                PathSeg::Key("storage".into()),
+                PathSeg::Key("mounts".into()),
+                PathSeg::Index(i),
+                PathSeg::Key(field.into()),
+            ],
+            reason: String::new(),
+        };
+        if m.source.is_empty() {
+            return Err(Problem {
+                reason: "a mount needs a source".into(),
+                ..path("source")
+            });
+        }
+        if !m.target.starts_with('/') {
+            let reason = format!("mount target {:?} must be an absolute path", m.target);
+            return Err(Problem {
+                reason,
+                ..path("target")
+            });
+        }
+    }
+    for (i, ns) in config.network.nameservers.iter().enumerate() {
+        if ns.parse::<IpAddr>().is_err() {
+            let mut p = at(
+                &["network", "nameservers"],
+                format!("invalid IP address {ns:?}"),
+            );
+            p.path.push(PathSeg::Index(i));
+            return Err(p);
+        }
+    }
+    for (name, iface) in &config.network.interfaces {
+        check_interface(name, iface)?;
+    }
+    for (kind, map, section) in [
+        (Kind::Service, &config.services, "services"),
+        (Kind::Workload, &config.workloads, "workloads"),
+    ] {
+        for (name, c) in map {
+            check_container(kind, section, name, c, scope)?;
+        }
+    }
+    if scope == Scope::Merged {
+        check_depends_on(config)?;
+    }
+    Ok(())
+}
+
+fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn valid_sysctl_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.split(['.', '/']).all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-:@+".contains(c))
+        })
+}
+
+fn valid_cidr(text: &str) -> bool {
+    let Some((addr, len)) = text.split_once('/') else {
+        return false;
+    };
+    match (addr.parse::<IpAddr>(), len.parse::<u8>()) {
+        (Ok(IpAddr::V4(_)), Ok(l)) => l <= 32,
+        (Ok(IpAddr::V6(_)), Ok(l)) => l <= 128,
+        _ => false,
+    }
+}
+
+fn valid_mac(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+fn check_interface(name: &str, iface: &Interface) -> Result<(), Problem> {
+    let ifs = "interfaces";
+    ensure(!name.is_empty(), &["network", ifs, name], || {
+        "an interface key must not be empty".to_string()
+    })?;
+    if let Some(mac) = &iface.r#match.mac {
+        ensure(
+            valid_mac(mac),
+            &["network", ifs, name, "match", "mac"],
+            || {
+                format!(
+                    "invalid MAC address {mac:?}: expected six hex pairs like 52:54:00:12:34:56"
+                )
+            },
+        )?;
+    }
+    if let Some(pattern) = &iface.r#match.name {
+        ensure(
+            !pattern.is_empty() && pattern.len() < 16,
+            &["network", ifs, name, "match", "name"],
+            || format!("invalid interface name {pattern:?}: expected 1 to 15 characters"),
+        )?;
+    }
+    for (i, addr) in iface.addresses.iter().enumerate() {
+        if !valid_cidr(addr) {
+            let mut p = at(
+                &["network", ifs, name, "addresses"],
+                format!("invalid address {addr:?}: expected CIDR form like 192.168.10.5/24"),
+            );
+            p.path.push(PathSeg::Index(i));
+            return Err(p);
+        }
+    }
+    if let Some(gw) = &iface.gateway {
+        ensure(
+            gw.parse::<IpAddr>().is_ok(),
+            &["network", ifs, name, "gateway"],
+            || format!("invalid IP address {gw:?}"),
+        )?;
+    }
+    for (i, route) in iface.routes.iter().enumerate() {
+        let seg = |field: &str| {
+            vec![
+                PathSeg::Key("network".into()),
+                PathSeg::Key(ifs.into()),
+                PathSeg::Key(name.into()),
+                PathSeg::Key("routes".into()),
+                PathSeg::Index(i),
+                PathSeg::Key(field.into()),
+            ]
+        };
+        if route.to != "default" && !valid_cidr(&route.to) {
+            let reason = format!(
+                "invalid route destination {:?}: expected CIDR form or \"default\"",
+                route.to
+            );
+            return Err(Problem {
+                path: seg("to"),
+                reason,
+            });
+        }
+        if let Some(via) = route.via.as_ref().filter(|v| v.parse::<IpAddr>().is_err()) {
+            return Err(Problem {
+                path: seg("via"),
+                reason: format!("invalid IP address {via:?}"),
+            });
+        }
+    }
+    if let Some(mtu) = iface.mtu {
+        ensure(
+            (68..=65535).contains(&mtu),
+            &["network", ifs, name, "mtu"],
+            || format!("invalid MTU {mtu}: expected 68 to 65535"),
+        )?;
+    }
+    Ok(())
+}
+
+fn check_container(
+    kind: Kind,
+    section: &str,
+    name: &str,
+    c: &Container,
+    scope: Scope,
+) -> Result<(), Problem> {
+    let valid_name = name
+        .chars()
+        .next()
+        .is_some_and(|f| f.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+    ensure(valid_name, &[section, name], || {
+        format!("invalid name {name:?}: expected [A-Za-z0-9][A-Za-z0-9_.-]*")
+    })?;
+    ensure(
+        !(kind == Kind::Workload && c.privileged),
+        &[section, name, "privileged"],
+        || "privileged is only allowed for services, not workloads".to_string(),
+    )?;
+    ensure(
+        c.ports.is_empty() || c.net_mode(kind) == NetMode::Bridge,
+        &[section, name, "ports"],
+        || "ports can only be published with net = \"bridge\"".to_string(),
+    )?;
+    if let Some(cpus) = c.cpus {
+        ensure(
+            cpus.is_finite() && cpus > 0.0,
+            &[section, name, "cpus"],
+            || format!("invalid cpus {cpus}: expected a number greater than 0"),
+        )?;
+    }
+    for (i, m) in c.mounts.iter().enumerate() {
+        if !m.target.starts_with('/') {
+            let path = vec![
+                PathSeg::Key(section.into()),
+                PathSeg::Key(name.into()),
+                PathSeg::Key("mounts".into()),
+                PathSeg::Index(i),
+                PathSeg::Key("target".into()),
+            ];
+            let reason = format!("mount target {:?} must be an absolute path", m.target);
+            return Err(Problem { path, reason });
+        }
+    }
+    if scope == Scope::Merged {
+        ensure(
+            !c.enabled || !c.image.is_empty(),
+            &[section, name, "image"],
+            || "an enabled container needs an image".to_string(),
+        )?;
+    }
+    Ok(())
+}
+
+/// A node of the dependency graph: (section, name).
+type Node<'a> = (&'a str, &'a str);
+
+fn check_depends_on(config: &Config) -> Result<(), Problem> {
+    let mut edges: BTreeMap<Node<'_>, Vec<Node<'_>>> = BTreeMap::new();
+    for (section, map) in [
+        ("services", &config.services),
+        ("workloads", &config.workloads),
+    ] {
+        for (name, c) in map {
+            let mut deps = Vec::new();
+            for dep in &c.depends_on {
+                let target = if section == "workloads" && config.workloads.contains_key(dep) {
+                    ("workloads", dep.as_str())
+                } else if config.services.contains_key(dep) {
+                    ("services", dep.as_str())
+                } else {
+                    let what = if section == "workloads" {
+                        "workload or service"
+                    } else {
+                        "service"
+                    };
+                    return Err(at(
+                        &[section, name, "depends_on"],
+                        format!("depends on {dep:?}, but no {what} has that name"),
+                    ));
+                };
+                deps.push(target);
+            }
+            edges.insert((section, name.as_str()), deps);
+        }
+    }
+    // Depth-first search; a dependency already on the stack closes a cycle.
+    let mut done: Vec<Node<'_>> = Vec::new();
+    for &start in edges.keys() {
+        let mut stack: Vec<(Node<'_>, usize)> = vec![(start, 0)];
+        while let Some(&mut (node, ref mut next)) = stack.last_mut() {
+            let deps = edges.get(&node).map_or(&[][..], Vec::as_slice);
+            let Some(&dep) = deps.get(*next) else {
+                done.push(node);
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            if done.contains(&dep) {
+                continue;
+            }
+            if let Some(pos) = stack.iter().position(|(n, _)| *n == dep) {
+                let mut names: Vec<&str> = stack[pos..].iter().map(|((_, n), _)| *n).collect();
+                names.push(dep.1);
+                // Blame the edge that closes the cycle.
+                let (section, closer) = node;
+                return Err(at(
+                    &[section, closer, "depends_on"],
+                    format!("depends_on cycle: {}", names.join(" -> ")),
+                ));
+            }
+            stack.push((dep, 0));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(f: impl FnOnce(&mut Config)) -> Option<String> {
+        let mut c = Config::default();
+        f(&mut c);
+        check(&c, Scope::Merged).err().map(|p| {
+            format!(
+                "{}: {}",
+                super::super::error::render_path(&p.path),
+                p.reason
+            )
+        })
+    }
+
+    #[test]
+    fn default_config_passes() {
+        assert_eq!(problem(|_| {}), None);
+    }
+
+    #[test]
+    fn hostnames_follow_rfc_1123() {
+        assert!(valid_hostname("node-1"));
+        assert!(valid_hostname("node-1.example.com"));
+        assert!(!valid_hostname("-node"));
+        assert!(!valid_hostname("node_1"));
+        assert!(!valid_hostname(""));
+        assert!(!valid_hostname("a..b"));
+        assert!(!valid_hostname(&"a".repeat(65)));
+        assert!(valid_hostname(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn sysctl_keys_look_like_keys() {
+        assert!(valid_sysctl_key("net.ipv4.ip_forward"));
+        assert!(valid_sysctl_key("net/ipv4/conf/eth0.100/rp_filter"));
+        assert!(!valid_sysctl_key("net..x"));
+        assert!(!valid_sysctl_key("has space"));
+        assert!(!valid_sysctl_key(""));
+    }
+
+    #[test]
+    fn interface_values_are_checked_with_their_path() {
+        use crate::config::schema::{Interface, Route};
+        let bad = |iface: Interface| {
+            problem(|c| {
+                c.network.interfaces.insert("lan".into(), iface);
+            })
+        };
+        let i = Interface {
+            addresses: vec!["10.0.0.1".into()],
+            ..Interface::default()
+        };
+        assert_eq!(
+            bad(i),
+            Some("network.interfaces.lan.addresses[0]: invalid address \"10.0.0.1\": expected CIDR form like 192.168.10.5/24".into())
+        );
+        let mut i = Interface::default();
+        i.r#match.mac = Some("52:54:00:12:34".into());
+        assert!(bad(i).is_some_and(|p| p.starts_with("network.interfaces.lan.match.mac: ")));
+        let i = Interface {
+            routes: vec![Route {
+                to: "default".into(),
+                via: Some("gw".into()),
+                metric: None,
+            }],
+            ..Interface::default()
+        };
+        assert_eq!(
+            bad(i),
+            Some("network.interfaces.lan.routes[0].via: invalid IP address \"gw\"".into())
+        );
+        let i = Interface {
+            mtu: Some(10),
+            ..Interface::default()
+        };
+        assert!(bad(i).is_some_and(|p| p.starts_with("network.interfaces.lan.mtu: ")));
+    }
+
+    #[test]
+    fn ports_need_bridge_networking() {
+        use crate::config::schema::{Container, NetMode};
+        let p = problem(|c| {
+            c.services.insert(
+                "s".into(),
+                Container {
+                    image: "i".into(),
+                    ports: vec!["80:80/tcp".into()],
+                    ..Container::default()
+                },
+            );
+        });
+        assert_eq!(
+            p,
+            Some("services.s.ports: ports can only be published with net = \"bridge\"".into())
+        );
+        let p = problem(|c| {
+            c.services.insert(
+                "s".into(),
+                Container {
+                    image: "i".into(),
+                    net: Some(NetMode::Bridge),
+                    ports: vec!["80:80".into()],
+                    ..Container::default()
+                },
+            );
+        });
+        assert_eq!(p, None);
+    }
+}
