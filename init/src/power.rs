@@ -93,9 +93,13 @@ fn unmount_all() -> (usize, usize) {
     (gone, ro)
 }
 
-/// The ordered shutdown. `reap` collects exited children (PID 1's reaper).
-pub fn shutdown(action: PowerAction, reap: &mut dyn FnMut()) -> ! {
+/// The ordered shutdown. `reap` collects exited children (PID 1's reaper); `shells` are the
+/// interactive shells PID 1 runs, which ignore SIGTERM and get SIGHUP (a tty hang-up) instead.
+pub fn shutdown(action: PowerAction, reap: &mut dyn FnMut(), shells: &[Pid]) -> ! {
     kmsg::console(&format!("shutdown: {} requested", action.name()));
+    for pid in shells {
+        let _ = nix::sys::signal::kill(*pid, Signal::SIGHUP);
+    }
     let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGTERM);
     if !wait_children_gone(reap, TERM_GRACE) {
         log::warn!("shutdown: processes left after {}s; sending SIGKILL", TERM_GRACE.as_secs());

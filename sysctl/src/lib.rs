@@ -148,7 +148,8 @@ pub fn apply_one(proc_sys: &Path, key: &str, value: &str) -> Result<(), SysctlEr
             path,
         });
     }
-    fs::write(&path, value).map_err(|source| SysctlError::Write {
+    // Some handlers (kernel.printk_devkmsg) insist on the trailing newline sysctl(8) writes.
+    fs::write(&path, format!("{value}\n")).map_err(|source| SysctlError::Write {
         key: key.into(),
         value: value.into(),
         source,
@@ -237,7 +238,7 @@ mod tests {
         let errs = apply_all(dir.path(), &s);
         assert_eq!(
             std::fs::read_to_string(dir.path().join("net/ipv4/ip_forward")).unwrap(),
-            "1"
+            "1\n"
         );
         assert_eq!(errs.len(), 1);
         assert!(

@@ -1,1 +1,207 @@
-fn main() {}
+//! `cargo xtask`: the command line of the image build (`build`, `relock`, `run`).
+//!
+//! Owns argument parsing, the order of the build steps and everything printed on the terminal.
+//! It must not contain build logic of its own: fetching, locking and assembling live in the
+//! library modules, the VM runner in `run.rs`. The only place `anyhow` is used (with `run.rs`).
+
+mod run;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+use xtask::apt::AptEnv;
+use xtask::assemble::{self, InitrdPlan, Outcome};
+use xtask::fetch::{self, DebCache, Event};
+use xtask::layout::Layout;
+use xtask::lock::{Lock, LockedPackage, Manifest, Role};
+use xtask::util::human_size;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "ros image build: pinned Debian packages → kernel + initramfs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Assemble build/out/vmlinuz and build/out/initrd.img (only what changed).
+    Build(BuildArgs),
+    /// Resolve images/packages.toml against Debian trixie's index and rewrite images/packages.lock.
+    Relock,
+    /// Boot the image in QEMU.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Use this ros binary as /init instead of running `cargo build --release -p ros`.
+    #[arg(long, value_name = "PATH")]
+    ros: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Build(args) => build(args),
+        Cmd::Relock => relock(),
+        Cmd::Run(args) => run::main(args.args),
+    }
+}
+
+/// Default zstd level for the initramfs; `ROS_ZSTD_LEVEL` overrides it.
+const ZSTD_LEVEL: u32 = 19;
+
+fn build(args: BuildArgs) -> Result<()> {
+    let started = Instant::now();
+    let layout = Layout::discover();
+    let ros = match args.ros {
+        Some(path) => {
+            std::fs::canonicalize(&path).with_context(|| format!("--ros {}", path.display()))?
+        }
+        None => assemble::build_ros(&layout.root)?,
+    };
+    println!("ros binary: {}", layout.display(&ros));
+
+    let manifest_path = layout.manifest();
+    let manifest = Manifest::load(&manifest_path)?;
+    let lock = Lock::load_or_empty(&layout.lock())?;
+    let cache = DebCache::from_env()?;
+    let mut apt = AptEnv::new(layout.apt());
+    let mut report = |e: &Event| println!("  {e}");
+
+    println!("packages (cache {}):", cache.dir().display());
+    let mut trees: BTreeMap<String, (LockedPackage, PathBuf)> = BTreeMap::new();
+    for (name, spec) in &manifest.packages {
+        let locked = lock.entry_for(name);
+        if let Some(pin) = locked {
+            if let Some(dir) = fetch::extracted(&layout.extract(), &pin.sha256) {
+                println!("  {} {}: extracted, up to date", pin.name, pin.version);
+                trees.insert(name.clone(), (pin.clone(), dir));
+                continue;
+            }
+        }
+        let fetched = fetch::fetch(&mut apt, &cache, name, spec, locked, &mut report)?;
+        let dir = fetch::extract(
+            &layout.extract(),
+            &fetched.package,
+            &fetched.path,
+            &mut report,
+        )?;
+        trees.insert(name.clone(), (fetched.package, dir));
+    }
+    let tree = |role: Role| -> Result<&(LockedPackage, PathBuf)> {
+        let (name, _) = manifest.with_role(role, &manifest_path)?;
+        trees.get(name).context("package missing after fetch")
+    };
+    let (kernel_pkg, kernel_root) = tree(Role::Kernel)?;
+    let (busybox_pkg, busybox_root) = tree(Role::Busybox)?;
+
+    let k = assemble::kernel(&layout, kernel_pkg, kernel_root)?;
+    match k.outcome {
+        Outcome::UpToDate => println!(
+            "{} up to date (inputs unchanged): {}",
+            layout.display(&k.path),
+            human_size(k.size)
+        ),
+        Outcome::Built => println!(
+            "{} {} ({})",
+            layout.display(&k.path),
+            human_size(k.size),
+            k.image
+        ),
+    }
+
+    let zstd_level = match std::env::var("ROS_ZSTD_LEVEL") {
+        Ok(v) => v.parse().with_context(|| format!("ROS_ZSTD_LEVEL={v}"))?,
+        Err(_) => ZSTD_LEVEL,
+    };
+    let plan = InitrdPlan {
+        ros: &ros,
+        kernel: (kernel_pkg, kernel_root),
+        busybox: (busybox_pkg, busybox_root),
+        modules_list: &layout.modules_list(),
+        os_config: &layout.os_config(),
+        version: env!("CARGO_PKG_VERSION"),
+        epoch: assemble::source_date_epoch(),
+        zstd_level,
+        tool: assemble::tool_hash(),
+    };
+    let packing = Instant::now();
+    let i = assemble::initrd(&layout, &plan)?;
+    match i.outcome {
+        Outcome::UpToDate => println!(
+            "{} up to date (inputs unchanged): {}",
+            layout.display(&i.path),
+            human_size(i.size)
+        ),
+        Outcome::Built => println!(
+            "{} (staged and packed in {:.1}s)",
+            i.describe(&layout),
+            packing.elapsed().as_secs_f64()
+        ),
+    }
+    println!("done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn relock() -> Result<()> {
+    let layout = Layout::discover();
+    let manifest = Manifest::load(&layout.manifest())?;
+    let lock_path = layout.lock();
+    let old = Lock::load_or_empty(&lock_path)?;
+    let mut apt = AptEnv::new(layout.apt());
+    println!("updating the package index (Debian trixie)…");
+    apt.update(true)
+        .with_context(|| format!("updating the index in {}", apt.root().display()))?;
+    let mut new = Lock::default();
+    for (name, spec) in &manifest.packages {
+        let pin = fetch::resolve_current(&mut apt, name, spec)?;
+        let via = pin
+            .from
+            .as_deref()
+            .map(|f| format!(" (via {f})"))
+            .unwrap_or_default();
+        match old.entry_for(name) {
+            Some(o) if o == &pin => println!("  {} {}{via}: unchanged", pin.name, pin.version),
+            Some(o) => println!(
+                "  {} {} → {} {}{via}",
+                o.name, o.version, pin.name, pin.version
+            ),
+            None => println!(
+                "  {} {}{via}: new ({})",
+                pin.name,
+                pin.version,
+                human_size(pin.size)
+            ),
+        }
+        new.packages.push(pin);
+    }
+    if manifest.packages.is_empty() {
+        bail!("{} lists no packages", layout.manifest().display());
+    }
+    new.write(&lock_path)?;
+    println!("wrote {}", layout.display(&lock_path));
+    Ok(())
+}

@@ -18,6 +18,7 @@ use crate::supervisor::shell;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::os::fd::AsFd;
@@ -74,7 +75,7 @@ fn run() -> Result<Infallible, BootError> {
     // Stage 1: the API filesystems, then leave the initramfs (re-exec; returns only on error).
     mounts::mount_missing(&LinuxSys, &mounts::minimal_plan(), &mounts::current())?;
     kmsg::reopen();
-    let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on");
+    let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
     let mounted = mounts::current();
     if switch_root::root_is_initramfs(&mounted) {
         match switch_root::switch_to_tmpfs(&mounted)? {}
@@ -188,7 +189,7 @@ impl Signals {
 /// The shells PID 1 keeps running: respawned when they exit, at most once a second.
 struct Shells {
     ttys: Vec<String>,
-    running: BTreeMap<String, Instant>,
+    running: BTreeMap<String, (Pid, Instant)>,
     next_start: BTreeMap<String, Instant>,
 }
 
@@ -213,15 +214,19 @@ impl Shells {
             match shell::spawn_on_tty(reaper, tty, Owner::Shell(tty.clone())) {
                 Ok(pid) => {
                     log::info!("shell on /dev/{tty} (pid {pid})");
-                    self.running.insert(tty.clone(), now);
+                    self.running.insert(tty.clone(), (pid, now));
                 }
                 Err(e) => log::error!("{e}"),
             }
         }
     }
 
+    fn pids(&self) -> Vec<Pid> {
+        self.running.values().map(|(pid, _)| *pid).collect()
+    }
+
     fn exited(&mut self, tty: &str) {
-        if let Some(started) = self.running.remove(tty) {
+        if let Some((_, started)) = self.running.remove(tty) {
             let delay = if started.elapsed() < Duration::from_secs(1) { Duration::from_secs(1) } else { Duration::ZERO };
             self.next_start.insert(tty.to_string(), Instant::now() + delay);
         }
@@ -245,9 +250,13 @@ fn serve(signals: &Signals, reaper: &Reaper<Owner>, shells: &mut Shells) -> ! {
     loop {
         for sig in signals.wait(Duration::from_millis(500)) {
             if let Some(action) = PowerAction::from_signal(sig) {
-                power::shutdown(action, &mut || {
-                    let _ = reaper.reap();
-                });
+                power::shutdown(
+                    action,
+                    &mut || {
+                        let _ = reaper.reap();
+                    },
+                    &shells.pids(),
+                );
             }
         }
         handle_reaped(reaper.reap(), shells);
