@@ -3,7 +3,10 @@
 
 fn main() {
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    let name = std::path::Path::new(&argv0).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if std::process::id() == 1 || name == "init" {
         ros::boot::pid1::main();
     }

@@ -61,7 +61,8 @@ fn wait_children_gone(reap: &mut dyn FnMut(), limit: Duration) -> bool {
         // Every user process descends from PID 1 and orphans come back to it, so once PID 1
         // has no child at all (ECHILD), no user process is left. (kill(-1, 0) cannot tell:
         // it counts kernel threads.)
-        if waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) == Err(nix::errno::Errno::ECHILD) {
+        if waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) == Err(nix::errno::Errno::ECHILD)
+        {
             return true;
         }
         if Instant::now() >= deadline {
@@ -83,9 +84,15 @@ fn unmount_all() -> (usize, usize) {
                 match nix::mount::mount(None::<&str>, &target, None::<&str>, flags, None::<&str>) {
                     Ok(()) => {
                         ro += 1;
-                        log::warn!("shutdown: {} busy ({e}); remounted read-only", target.display());
+                        log::warn!(
+                            "shutdown: {} busy ({e}); remounted read-only",
+                            target.display()
+                        );
                     }
-                    Err(e2) => log::error!("shutdown: {}: umount {e}, remount ro {e2}", target.display()),
+                    Err(e2) => log::error!(
+                        "shutdown: {}: umount {e}, remount ro {e2}",
+                        target.display()
+                    ),
                 }
             }
         }
@@ -102,7 +109,10 @@ pub fn shutdown(action: PowerAction, reap: &mut dyn FnMut(), shells: &[Pid]) -> 
     }
     let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGTERM);
     if !wait_children_gone(reap, TERM_GRACE) {
-        log::warn!("shutdown: processes left after {}s; sending SIGKILL", TERM_GRACE.as_secs());
+        log::warn!(
+            "shutdown: processes left after {}s; sending SIGKILL",
+            TERM_GRACE.as_secs()
+        );
         let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
         wait_children_gone(reap, Duration::from_secs(2));
     }
@@ -125,11 +135,26 @@ mod tests {
 
     #[test]
     fn signals_follow_the_busybox_convention() {
-        assert_eq!(PowerAction::from_signal(Signal::SIGTERM), Some(PowerAction::Reboot));
-        assert_eq!(PowerAction::from_signal(Signal::SIGINT), Some(PowerAction::Reboot));
-        assert_eq!(PowerAction::from_signal(Signal::SIGUSR1), Some(PowerAction::Halt));
-        assert_eq!(PowerAction::from_signal(Signal::SIGUSR2), Some(PowerAction::Poweroff));
-        assert_eq!(PowerAction::from_signal(Signal::SIGPWR), Some(PowerAction::Poweroff));
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGTERM),
+            Some(PowerAction::Reboot)
+        );
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGINT),
+            Some(PowerAction::Reboot)
+        );
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGUSR1),
+            Some(PowerAction::Halt)
+        );
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGUSR2),
+            Some(PowerAction::Poweroff)
+        );
+        assert_eq!(
+            PowerAction::from_signal(Signal::SIGPWR),
+            Some(PowerAction::Poweroff)
+        );
         assert_eq!(PowerAction::from_signal(Signal::SIGHUP), None);
     }
 }

@@ -5,7 +5,11 @@ use ros::supervisor::reaper::{Exit, Reaped, Reaper};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn reap_until(r: &Reaper<&'static str>, pid: nix::unistd::Pid, seen: &mut Vec<Reaped<&'static str>>) -> Reaped<&'static str> {
+fn reap_until(
+    r: &Reaper<&'static str>,
+    pid: nix::unistd::Pid,
+    seen: &mut Vec<Reaped<&'static str>>,
+) -> Reaped<&'static str> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         seen.extend(r.reap());
@@ -22,11 +26,15 @@ fn reaper_hands_exits_to_owners_and_collects_orphans() {
     let r = Reaper::default();
     let mut seen = Vec::new();
 
-    let pid = r.spawn(Command::new("sh").args(["-c", "exit 7"]), "seven").unwrap();
+    let pid = r
+        .spawn(Command::new("sh").args(["-c", "exit 7"]), "seven")
+        .unwrap();
     let got = reap_until(&r, pid, &mut seen);
     assert_eq!((got.exit, got.owner), (Exit::Code(7), Some("seven")));
 
-    let pid = r.spawn(Command::new("sh").args(["-c", "kill -9 $$"]), "nine").unwrap();
+    let pid = r
+        .spawn(Command::new("sh").args(["-c", "kill -9 $$"]), "nine")
+        .unwrap();
     assert_eq!(reap_until(&r, pid, &mut seen).exit, Exit::Signal(9));
     assert_eq!(r.registered(), 0, "reaped children are unregistered");
 

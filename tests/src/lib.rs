@@ -25,20 +25,46 @@ pub enum VmError {
     Spawn { vm: String, source: std::io::Error },
     #[error("vm {vm}: image missing: {path} (run `cargo xtask build`)")]
     NoImage { vm: String, path: PathBuf },
-    #[error("vm {vm}: no console line matching `{pattern}` within {secs}s; last console lines:\n{tail}")]
-    ConsoleTimeout { vm: String, pattern: String, secs: u64, tail: String },
+    #[error(
+        "vm {vm}: no console line matching `{pattern}` within {secs}s; last console lines:\n{tail}"
+    )]
+    ConsoleTimeout {
+        vm: String,
+        pattern: String,
+        secs: u64,
+        tail: String,
+    },
     #[error("vm {vm}: qemu exited ({status}) while waiting for `{pattern}`; last console lines:\n{tail}")]
-    Exited { vm: String, pattern: String, status: String, tail: String },
+    Exited {
+        vm: String,
+        pattern: String,
+        status: String,
+        tail: String,
+    },
     #[error("vm {vm}: debug shell: {reason}")]
     Shell { vm: String, reason: String },
     #[error("vm {vm}: `{cmd}` did not finish within {secs}s; output so far:\n{output}")]
-    CommandTimeout { vm: String, cmd: String, secs: u64, output: String },
+    CommandTimeout {
+        vm: String,
+        cmd: String,
+        secs: u64,
+        output: String,
+    },
     #[error("vm {vm}: `{cmd}` failed with status {status}:\n{output}")]
-    CommandFailed { vm: String, cmd: String, status: i32, output: String },
+    CommandFailed {
+        vm: String,
+        cmd: String,
+        status: i32,
+        output: String,
+    },
     #[error("vm {vm}: qemu still running after {secs}s")]
     NoExit { vm: String, secs: u64 },
     #[error("vm {vm}: {what}: {source}")]
-    Io { vm: String, what: String, source: std::io::Error },
+    Io {
+        vm: String,
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, VmError>;
@@ -66,7 +92,10 @@ pub struct Vm {
 
 /// The repository root (tests/ lives one level down).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 impl Vm {
@@ -74,18 +103,29 @@ impl Vm {
     pub fn boot(name: &str, opts: &VmOptions) -> Result<Vm> {
         for p in [&opts.kernel, &opts.initrd] {
             if !p.exists() {
-                return Err(VmError::NoImage { vm: name.into(), path: p.clone() });
+                return Err(VmError::NoImage {
+                    vm: name.into(),
+                    path: p.clone(),
+                });
             }
         }
-        let dir = tempfile::Builder::new().prefix("ros-vm-").tempdir().map_err(|source| VmError::Io {
-            vm: name.into(),
-            what: "temp dir".into(),
-            source,
-        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("ros-vm-")
+            .tempdir()
+            .map_err(|source| VmError::Io {
+                vm: name.into(),
+                what: "temp dir".into(),
+                source,
+            })?;
         let shell_path = dir.path().join("ttyS1.sock");
         let mut cmd = qemu::command(opts, &shell_path);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|source| VmError::Spawn { vm: name.into(), source })?;
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| VmError::Spawn {
+            vm: name.into(),
+            source,
+        })?;
         let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
         if let Some(out) = child.stdout.take() {
             spawn_reader(out, console.clone());
@@ -113,7 +153,11 @@ impl Vm {
 
     /// Everything the console printed so far (`\r` removed).
     pub fn console_text(&self) -> String {
-        self.console.0.lock().map(|c| c.text.clone()).unwrap_or_default()
+        self.console
+            .0
+            .lock()
+            .map(|c| c.text.clone())
+            .unwrap_or_default()
     }
 
     fn tail(&self) -> String {
@@ -123,10 +167,17 @@ impl Vm {
     }
 
     /// Waits until a console line contains `pattern` after byte offset `from`; returns that line.
-    pub fn wait_for_console_from(&mut self, pattern: &str, from: usize, timeout: Duration) -> Result<String> {
+    pub fn wait_for_console_from(
+        &mut self,
+        pattern: &str,
+        from: usize,
+        timeout: Duration,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         let (lock, cvar) = &*self.console;
-        let mut guard = lock.lock().map_err(|_| self.shell_err("console lock poisoned"))?;
+        let mut guard = lock
+            .lock()
+            .map_err(|_| self.shell_err("console lock poisoned"))?;
         loop {
             let start = from.min(guard.text.len());
             if let Some(pos) = guard.text[start..].find(pattern) {
@@ -139,8 +190,19 @@ impl Vm {
             }
             if guard.closed {
                 drop(guard);
-                let status = self.child.try_wait().ok().flatten().map(|s| s.to_string()).unwrap_or_default();
-                return Err(VmError::Exited { vm: self.name.clone(), pattern: pattern.into(), status, tail: self.tail() });
+                let status = self
+                    .child
+                    .try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                return Err(VmError::Exited {
+                    vm: self.name.clone(),
+                    pattern: pattern.into(),
+                    status,
+                    tail: self.tail(),
+                });
             }
             let now = Instant::now();
             if now >= deadline {
@@ -152,7 +214,10 @@ impl Vm {
                     tail: self.tail(),
                 });
             }
-            guard = cvar.wait_timeout(guard, deadline - now).map_err(|_| self.shell_err("console lock poisoned"))?.0;
+            guard = cvar
+                .wait_timeout(guard, deadline - now)
+                .map_err(|_| self.shell_err("console lock poisoned"))?
+                .0;
         }
     }
 
@@ -164,12 +229,20 @@ impl Vm {
     /// Waits for `ros: ready` and prints the boot's cost, so the suite's time stays visible.
     pub fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
         let line = self.wait_for_console("ros: ready in", timeout)?;
-        eprintln!("[vm {}] {} (wall {:.1}s since qemu start)", self.name, line.trim(), self.started.elapsed().as_secs_f64());
+        eprintln!(
+            "[vm {}] {} (wall {:.1}s since qemu start)",
+            self.name,
+            line.trim(),
+            self.started.elapsed().as_secs_f64()
+        );
         Ok(line)
     }
 
     fn shell_err(&self, reason: &str) -> VmError {
-        VmError::Shell { vm: self.name.clone(), reason: reason.into() }
+        VmError::Shell {
+            vm: self.name.clone(),
+            reason: reason.into(),
+        }
     }
 
     fn connect_shell(&mut self) -> Result<()> {
@@ -181,18 +254,23 @@ impl Vm {
             what: format!("connect {}", self.shell_path.display()),
             source,
         })?;
-        stream.set_read_timeout(Some(Duration::from_millis(200))).map_err(|source| VmError::Io {
-            vm: self.name.clone(),
-            what: "socket timeout".into(),
-            source,
-        })?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(|source| VmError::Io {
+                vm: self.name.clone(),
+                what: "socket timeout".into(),
+                source,
+            })?;
         self.shell = Some(stream);
         // Quiet the shell: no echo, no prompts. The marker is split in the typed text so the
         // echo of this very line cannot match it.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             self.write_shell("stty -echo; PS1=''; PS2=''; echo __ROS_SY''NC__\n")?;
-            if self.read_until("__ROS_SYNC__\n", Instant::now() + Duration::from_secs(3))?.is_some() {
+            if self
+                .read_until("__ROS_SYNC__\n", Instant::now() + Duration::from_secs(3))?
+                .is_some()
+            {
                 self.shell_buf.clear();
                 return Ok(());
             }
@@ -204,8 +282,15 @@ impl Vm {
 
     fn write_shell(&mut self, text: &str) -> Result<()> {
         let name = self.name.clone();
-        let s = self.shell.as_mut().ok_or_else(|| VmError::Shell { vm: name.clone(), reason: "not connected".into() })?;
-        s.write_all(text.as_bytes()).map_err(|source| VmError::Io { vm: name, what: "write shell".into(), source })
+        let s = self.shell.as_mut().ok_or_else(|| VmError::Shell {
+            vm: name.clone(),
+            reason: "not connected".into(),
+        })?;
+        s.write_all(text.as_bytes()).map_err(|source| VmError::Io {
+            vm: name,
+            what: "write shell".into(),
+            source,
+        })
     }
 
     /// Reads shell output until `marker` appears; returns the text before it (and drops it
@@ -222,12 +307,27 @@ impl Vm {
                 return Ok(None);
             }
             let name = self.name.clone();
-            let s = self.shell.as_mut().ok_or_else(|| VmError::Shell { vm: name.clone(), reason: "not connected".into() })?;
+            let s = self.shell.as_mut().ok_or_else(|| VmError::Shell {
+                vm: name.clone(),
+                reason: "not connected".into(),
+            })?;
             match s.read(&mut chunk) {
                 Ok(0) => return Err(self.shell_err("debug shell socket closed")),
-                Ok(n) => self.shell_buf.push_str(&String::from_utf8_lossy(&chunk[..n]).replace('\r', "")),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-                Err(source) => return Err(VmError::Io { vm: name, what: "read shell".into(), source }),
+                Ok(n) => self
+                    .shell_buf
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]).replace('\r', "")),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(source) => {
+                    return Err(VmError::Io {
+                        vm: name,
+                        what: "read shell".into(),
+                        source,
+                    })
+                }
             }
         }
     }
@@ -237,7 +337,8 @@ impl Vm {
         self.connect_shell()?;
         self.seq += 1;
         let n = self.seq;
-        let wrapped = format!("echo __ROS_B''EGIN_{n}__; {{ {cmd}\n}} </dev/null 2>&1; printf '\\n__ROS_E''ND_{n}__ %d\\n' $?\n");
+        // A subshell, so `exit N` in CMD ends CMD and not the debug shell.
+        let wrapped = format!("echo __ROS_B''EGIN_{n}__; ( {cmd}\n) </dev/null 2>&1; printf '\\n__ROS_E''ND_{n}__ %d\\n' $?\n");
         self.write_shell(&wrapped)?;
         let deadline = Instant::now() + timeout;
         let begin = format!("__ROS_BEGIN_{n}__\n");
@@ -263,7 +364,10 @@ impl Vm {
         if output.ends_with('\n') {
             output.pop();
         }
-        let status = code.trim().parse().map_err(|_| self.shell_err(&format!("bad status `{code}`")))?;
+        let status = code
+            .trim()
+            .parse()
+            .map_err(|_| self.shell_err(&format!("bad status `{code}`")))?;
         Ok((status, output))
     }
 
@@ -271,7 +375,12 @@ impl Vm {
     pub fn succeed(&mut self, cmd: &str) -> Result<String> {
         let (status, output) = self.exec(cmd, Duration::from_secs(120))?;
         if status != 0 {
-            return Err(VmError::CommandFailed { vm: self.name.clone(), cmd: cmd.into(), status, output });
+            return Err(VmError::CommandFailed {
+                vm: self.name.clone(),
+                cmd: cmd.into(),
+                status,
+                output,
+            });
         }
         Ok(output)
     }
@@ -285,11 +394,18 @@ impl Vm {
     /// Types a line on the serial console (ttyS0), e.g. into the recovery shell.
     pub fn send_console(&mut self, line: &str) -> Result<()> {
         let name = self.name.clone();
-        let stdin = self.child.stdin.as_mut().ok_or_else(|| VmError::Shell { vm: name.clone(), reason: "no console stdin".into() })?;
+        let stdin = self.child.stdin.as_mut().ok_or_else(|| VmError::Shell {
+            vm: name.clone(),
+            reason: "no console stdin".into(),
+        })?;
         stdin
             .write_all(format!("{line}\n").as_bytes())
             .and_then(|_| stdin.flush())
-            .map_err(|source| VmError::Io { vm: name, what: "write console".into(), source })
+            .map_err(|source| VmError::Io {
+                vm: name,
+                what: "write console".into(),
+                source,
+            })
     }
 
     /// Waits for QEMU to exit (after the guest powered off, or rebooted with `-no-reboot`).
@@ -298,9 +414,22 @@ impl Vm {
         loop {
             match self.child.try_wait() {
                 Ok(Some(status)) => return Ok(status),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-                Ok(None) => return Err(VmError::NoExit { vm: self.name.clone(), secs: timeout.as_secs() }),
-                Err(source) => return Err(VmError::Io { vm: self.name.clone(), what: "wait qemu".into(), source }),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Ok(None) => {
+                    return Err(VmError::NoExit {
+                        vm: self.name.clone(),
+                        secs: timeout.as_secs(),
+                    })
+                }
+                Err(source) => {
+                    return Err(VmError::Io {
+                        vm: self.name.clone(),
+                        what: "wait qemu".into(),
+                        source,
+                    })
+                }
             }
         }
     }
@@ -330,7 +459,10 @@ impl Drop for Vm {
         if self.keep_log || std::thread::panicking() {
             let dir = repo_root().join("target/vm-logs");
             let path = dir.join(format!("{}.log", self.name));
-            if std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, self.console_text())).is_ok() {
+            if std::fs::create_dir_all(&dir)
+                .and_then(|_| std::fs::write(&path, self.console_text()))
+                .is_ok()
+            {
                 eprintln!("[vm {}] console log kept at {}", self.name, path.display());
             }
         }

@@ -60,7 +60,9 @@ impl Default for VmOptions {
 /// `qcow2` when the file starts with QEMU's qcow magic, else `raw`.
 pub fn disk_format(path: &Path) -> &'static str {
     let mut magic = [0u8; 4];
-    let ok = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok();
+    let ok = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok();
     if ok && magic == *b"QFI\xfb" {
         "qcow2"
     } else {
@@ -84,7 +86,11 @@ pub fn nic_spec(spec: &str, internet: bool) -> String {
 
 /// The kernel command line.
 pub fn kernel_cmdline(opts: &VmOptions) -> String {
-    let mut words = vec!["console=ttyS0".to_string(), "loglevel=6".to_string(), "panic=-1".to_string()];
+    let mut words = vec![
+        "console=ttyS0".to_string(),
+        "loglevel=6".to_string(),
+        "panic=-1".to_string(),
+    ];
     if opts.debug_shell {
         words.push("ros.debug_shell=ttyS1".into());
     }
@@ -97,22 +103,60 @@ pub fn command(opts: &VmOptions, shell_socket: &Path) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     let accel = if opts.accel == "kvm" { "kvm" } else { "tcg" };
     cmd.args(["-accel", accel, "-display", "none", "-nodefaults"]);
-    cmd.args(["-cpu", "max", "-smp", &opts.cpus.to_string(), "-m", &opts.mem_mib.to_string()]);
+    cmd.args([
+        "-cpu",
+        "max",
+        "-smp",
+        &opts.cpus.to_string(),
+        "-m",
+        &opts.mem_mib.to_string(),
+    ]);
     if opts.interactive {
-        cmd.args(["-chardev", "stdio,id=con0,mux=on,signal=off", "-serial", "chardev:con0", "-mon", "chardev=con0"]);
+        cmd.args([
+            "-chardev",
+            "stdio,id=con0,mux=on,signal=off",
+            "-serial",
+            "chardev:con0",
+            "-mon",
+            "chardev=con0",
+        ]);
     } else {
-        cmd.args(["-monitor", "none", "-chardev", "stdio,id=con0,signal=off", "-serial", "chardev:con0"]);
+        cmd.args([
+            "-monitor",
+            "none",
+            "-chardev",
+            "stdio,id=con0,signal=off",
+            "-serial",
+            "chardev:con0",
+        ]);
     }
-    cmd.arg("-serial").arg(format!("unix:{},server=on,wait=off", shell_socket.display()));
-    cmd.arg("-kernel").arg(&opts.kernel).arg("-initrd").arg(&opts.initrd);
+    cmd.arg("-serial").arg(format!(
+        "unix:{},server=on,wait=off",
+        shell_socket.display()
+    ));
+    cmd.arg("-kernel")
+        .arg(&opts.kernel)
+        .arg("-initrd")
+        .arg(&opts.initrd);
     cmd.args(["-append", &kernel_cmdline(opts)]);
     if let Some(cfg) = &opts.config {
-        cmd.arg("-fw_cfg").arg(format!("name=opt/ros/os-config.toml,file={}", cfg.display()));
+        cmd.arg("-fw_cfg").arg(format!(
+            "name=opt/ros/os-config.toml,file={}",
+            cfg.display()
+        ));
     }
     for disk in &opts.disks {
-        cmd.arg("-drive").arg(format!("file={},format={},if=virtio", disk.display(), disk_format(disk)));
+        cmd.arg("-drive").arg(format!(
+            "file={},format={},if=virtio",
+            disk.display(),
+            disk_format(disk)
+        ));
     }
-    let nics = if opts.nics.is_empty() { vec!["user".to_string()] } else { opts.nics.clone() };
+    let nics = if opts.nics.is_empty() {
+        vec!["user".to_string()]
+    } else {
+        opts.nics.clone()
+    };
     for nic in &nics {
         cmd.args(["-nic", &nic_spec(nic, opts.internet)]);
     }
@@ -128,10 +172,19 @@ mod tests {
 
     #[test]
     fn user_nics_are_virtio_and_restricted_by_default() {
-        assert_eq!(nic_spec("user", false), "user,model=virtio-net-pci,restrict=on");
+        assert_eq!(
+            nic_spec("user", false),
+            "user,model=virtio-net-pci,restrict=on"
+        );
         assert_eq!(nic_spec("user", true), "user,model=virtio-net-pci");
-        assert_eq!(nic_spec("user,model=e1000,restrict=off", false), "user,model=e1000,restrict=off");
-        assert_eq!(nic_spec("socket,connect=127.0.0.1:5000", false), "socket,connect=127.0.0.1:5000,model=virtio-net-pci");
+        assert_eq!(
+            nic_spec("user,model=e1000,restrict=off", false),
+            "user,model=e1000,restrict=off"
+        );
+        assert_eq!(
+            nic_spec("socket,connect=127.0.0.1:5000", false),
+            "socket,connect=127.0.0.1:5000,model=virtio-net-pci"
+        );
     }
 
     #[test]
@@ -147,7 +200,13 @@ mod tests {
 
     #[test]
     fn cmdline_has_console_debug_shell_and_extra_words() {
-        let o = VmOptions { append: vec!["ros.hostname=x".into()], ..Default::default() };
-        assert_eq!(kernel_cmdline(&o), "console=ttyS0 loglevel=6 panic=-1 ros.debug_shell=ttyS1 ros.hostname=x");
+        let o = VmOptions {
+            append: vec!["ros.hostname=x".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            kernel_cmdline(&o),
+            "console=ttyS0 loglevel=6 panic=-1 ros.debug_shell=ttyS1 ros.hostname=x"
+        );
     }
 }

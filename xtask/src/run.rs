@@ -52,7 +52,11 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
     let args = RunArgs::parse_from(std::iter::once("scripts/run".to_string()).chain(args));
     let mut opts = VmOptions {
         config: args.config.clone(),
-        append: args.append.iter().flat_map(|a| a.split_whitespace().map(str::to_string)).collect(),
+        append: args
+            .append
+            .iter()
+            .flat_map(|a| a.split_whitespace().map(str::to_string))
+            .collect(),
         mem_mib: args.mem,
         disks: args.disk.clone(),
         nics: args.nic.clone(),
@@ -101,9 +105,18 @@ fn exec(opts: &VmOptions, cmd: &str, timeout: Duration) -> anyhow::Result<i32> {
 fn interactive(opts: &VmOptions, timeout: Option<u64>) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let sock = dir.path().join("ttyS1.sock");
-    eprintln!("booting ros (accel {}); console below. `poweroff` in the guest or Ctrl-A x to quit.", opts.accel);
-    eprintln!("debug shell also on {} (e.g. socat - UNIX-CONNECT:{})", sock.display(), sock.display());
-    let mut child = ros_tests::qemu::command(opts, &sock).spawn().context("start qemu-system-x86_64")?;
+    eprintln!(
+        "booting ros (accel {}); console below. `poweroff` in the guest or Ctrl-A x to quit.",
+        opts.accel
+    );
+    eprintln!(
+        "debug shell also on {} (e.g. socat - UNIX-CONNECT:{})",
+        sock.display(),
+        sock.display()
+    );
+    let mut child = ros_tests::qemu::command(opts, &sock)
+        .spawn()
+        .context("start qemu-system-x86_64")?;
     let status = match timeout {
         None => child.wait()?,
         Some(s) => {

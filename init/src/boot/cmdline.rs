@@ -17,7 +17,6 @@ pub struct Cmdline {
     pub overrides: Vec<(String, String)>,
 }
 
-
 /// Splits a command line into words the way the kernel does: blanks separate words and double
 /// quotes group blanks into a word. Quotes stay in the word; `value` strips a pair that encloses
 /// the whole value, as the kernel does for `key="a b"`.
@@ -100,7 +99,10 @@ mod tests {
             split_words("console=ttyS0  ros.x=\"a b\" quiet\n"),
             vec!["console=ttyS0", "ros.x=\"a b\"", "quiet"]
         );
-        assert_eq!(parse("ros.hostname=\"a b\"").overrides, vec![("hostname".to_string(), "a b".to_string())]);
+        assert_eq!(
+            parse("ros.hostname=\"a b\"").overrides,
+            vec![("hostname".to_string(), "a b".to_string())]
+        );
         assert!(split_words("   ").is_empty());
     }
 

@@ -15,7 +15,10 @@ pub const FW_CFG_CONFIG: &str = "/sys/firmware/qemu_fw_cfg/by_name/opt/ros/os-co
 
 fn text_layer(source: &str, path: &Path) -> Option<LayerInput> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Some(LayerInput { source: source.to_string(), body: LayerBody::Text(text) }),
+        Ok(text) => Some(LayerInput {
+            source: source.to_string(),
+            body: LayerBody::Text(text),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             log::error!("config source {source} ({}): {e}", path.display());
@@ -41,7 +44,10 @@ pub fn inputs(cmdline: &Cmdline) -> Vec<LayerInput> {
         }
     }
     if !cmdline.overrides.is_empty() {
-        out.push(LayerInput { source: "cmdline".into(), body: LayerBody::Cmdline(cmdline.overrides.clone()) });
+        out.push(LayerInput {
+            source: "cmdline".into(),
+            body: LayerBody::Cmdline(cmdline.overrides.clone()),
+        });
     }
     out
 }

@@ -35,7 +35,10 @@ struct KmsgLogger {
 static LOGGER: OnceLock<KmsgLogger> = OnceLock::new();
 
 fn logger() -> &'static KmsgLogger {
-    LOGGER.get_or_init(|| KmsgLogger { sink: Mutex::new(None), ring: Mutex::new(VecDeque::new()) })
+    LOGGER.get_or_init(|| KmsgLogger {
+        sink: Mutex::new(None),
+        ring: Mutex::new(VecDeque::new()),
+    })
 }
 
 impl KmsgLogger {
@@ -46,7 +49,9 @@ impl KmsgLogger {
             }
             ring.push_back(msg.to_string());
         }
-        let Ok(mut sink) = self.sink.lock() else { return };
+        let Ok(mut sink) = self.sink.lock() else {
+            return;
+        };
         if sink.is_none() {
             *sink = OpenOptions::new().write(true).open("/dev/kmsg").ok();
         }
@@ -77,7 +82,11 @@ impl log::Log for KmsgLogger {
 /// Installs the kmsg logger. Safe to call more than once (after re-exec it is a new process).
 pub fn init(debug: bool) {
     let _ = log::set_logger(logger());
-    log::set_max_level(if debug { log::LevelFilter::Debug } else { log::LevelFilter::Info });
+    log::set_max_level(if debug {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Info
+    });
 }
 
 /// Re-opens `/dev/kmsg` on the next write (after /dev was mounted or moved).
@@ -94,7 +103,11 @@ pub fn console(msg: &str) {
 
 /// The recent log lines, oldest first.
 pub fn recent() -> Vec<String> {
-    logger().ring.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default()
+    logger()
+        .ring
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Seconds since the kernel started, from `/proc/uptime` (0.0 if unreadable).

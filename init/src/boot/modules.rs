@@ -19,11 +19,22 @@ pub enum ModuleError {
     #[error("module {name}: not found in {dep_file} (nor built in)")]
     NotFound { name: String, dep_file: PathBuf },
     #[error("module {name}: cannot open {path}: {source}")]
-    Open { name: String, path: PathBuf, source: std::io::Error },
+    Open {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("module {name}: finit_module({path}) failed: {errno}")]
-    Load { name: String, path: PathBuf, errno: nix::errno::Errno },
+    Load {
+        name: String,
+        path: PathBuf,
+        errno: nix::errno::Errno,
+    },
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Kernel module names treat `-` and `_` alike; the canonical form uses `_`.
@@ -62,7 +73,11 @@ impl ModuleDb {
             let deps = deps.split_whitespace().map(str::to_string).collect();
             entries.insert(name_of(path), (path.to_string(), deps));
         }
-        let builtin = builtin.lines().filter(|l| !l.trim().is_empty()).map(name_of).collect();
+        let builtin = builtin
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(name_of)
+            .collect();
         ModuleDb { entries, builtin }
     }
 
@@ -90,7 +105,10 @@ impl ModuleDb {
             return Ok(Vec::new());
         }
         let Some((path, _)) = self.entries.get(&name) else {
-            return Err(ModuleError::NotFound { name, dep_file: dep_file.to_path_buf() });
+            return Err(ModuleError::NotFound {
+                name,
+                dep_file: dep_file.to_path_buf(),
+            });
         };
         let mut order = Vec::new();
         let mut seen = BTreeSet::new();
@@ -122,7 +140,10 @@ pub fn module_dir() -> PathBuf {
 }
 
 fn is_compressed(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("xz" | "zst" | "gz"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("xz" | "zst" | "gz")
+    )
 }
 
 /// Loads one module file. Already loaded (EEXIST) counts as success.
@@ -132,20 +153,33 @@ fn load_file(name: &str, path: &Path) -> Result<(), ModuleError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let flags = if is_compressed(path) { MODULE_INIT_COMPRESSED_FILE } else { 0 };
+    let flags = if is_compressed(path) {
+        MODULE_INIT_COMPRESSED_FILE
+    } else {
+        0
+    };
     let params = c"";
     // SAFETY: finit_module takes an open fd (valid for the duration of the call, owned by
     // `file`), a NUL-terminated parameter string (a static C literal) and flags; it does not
     // retain either pointer.
     let rc = unsafe {
-        libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), flags)
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
     };
     if rc == 0 {
         return Ok(());
     }
     match nix::errno::Errno::last() {
         nix::errno::Errno::EEXIST => Ok(()),
-        errno => Err(ModuleError::Load { name: name.to_string(), path: path.to_path_buf(), errno }),
+        errno => Err(ModuleError::Load {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            errno,
+        }),
     }
 }
 
@@ -180,7 +214,9 @@ garbage line without colon
 
     #[test]
     fn resolves_dependencies_first_each_once() {
-        let order = db().resolve("br_netfilter", Path::new("modules.dep")).unwrap();
+        let order = db()
+            .resolve("br_netfilter", Path::new("modules.dep"))
+            .unwrap();
         assert_eq!(
             order,
             vec![
@@ -194,20 +230,34 @@ garbage line without colon
 
     #[test]
     fn dash_and_underscore_are_the_same_module() {
-        assert_eq!(db().resolve("br-netfilter", Path::new("d")).unwrap().len(), 4);
-        assert_eq!(db().resolve("virtio-blk", Path::new("d")).unwrap(), vec!["kernel/drivers/block/virtio_blk.ko.xz"]);
+        assert_eq!(
+            db().resolve("br-netfilter", Path::new("d")).unwrap().len(),
+            4
+        );
+        assert_eq!(
+            db().resolve("virtio-blk", Path::new("d")).unwrap(),
+            vec!["kernel/drivers/block/virtio_blk.ko.xz"]
+        );
     }
 
     #[test]
     fn builtin_module_needs_no_file() {
         assert!(db().is_builtin("ext4"));
-        assert!(db().resolve("virtio_pci", Path::new("d")).unwrap().is_empty());
+        assert!(db()
+            .resolve("virtio_pci", Path::new("d"))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn unknown_module_error_names_module_and_db() {
-        let err = db().resolve("nosuch", Path::new("/lib/modules/x/modules.dep")).unwrap_err();
-        assert_eq!(err.to_string(), "module nosuch: not found in /lib/modules/x/modules.dep (nor built in)");
+        let err = db()
+            .resolve("nosuch", Path::new("/lib/modules/x/modules.dep"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "module nosuch: not found in /lib/modules/x/modules.dep (nor built in)"
+        );
     }
 
     #[test]

@@ -21,26 +21,77 @@ pub struct MountSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
     #[error("mount {fstype} on {target}: {errno}")]
-    Mount { fstype: String, target: PathBuf, errno: nix::errno::Errno },
+    Mount {
+        fstype: String,
+        target: PathBuf,
+        errno: nix::errno::Errno,
+    },
     #[error("create mount point {target}: {errno}")]
-    Mkdir { target: PathBuf, errno: nix::errno::Errno },
+    Mkdir {
+        target: PathBuf,
+        errno: nix::errno::Errno,
+    },
 }
 
-const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
 
 /// The API filesystems, parents before children. /dev, /proc and /sys come first because
 /// logging (/dev/kmsg) and everything else needs them.
 pub fn early_plan() -> Vec<MountSpec> {
-    let m = |source, target, fstype, flags, data| MountSpec { source, target, fstype, flags, data };
+    let m = |source, target, fstype, flags, data| MountSpec {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    };
     vec![
-        m("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        m(
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
         m("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, None),
         m("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None),
-        m("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC), Some("gid=5,mode=620,ptmxmode=666")),
-        m("shm", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), Some("mode=1777")),
-        m("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), Some("mode=0755")),
-        m("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), Some("mode=1777")),
-        m("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV_NOEXEC, Some("nsdelegate")),
+        m(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+            Some("gid=5,mode=620,ptmxmode=666"),
+        ),
+        m(
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+            Some("mode=1777"),
+        ),
+        m(
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+            Some("mode=0755"),
+        ),
+        m(
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+            Some("mode=1777"),
+        ),
+        m(
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            NOSUID_NODEV_NOEXEC,
+            Some("nsdelegate"),
+        ),
     ]
 }
 
@@ -63,7 +114,12 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -84,19 +140,29 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mut r = right.split_whitespace();
             let fstype = r.next()?;
             let source = r.next().unwrap_or("none");
-            Some(MountEntry { target: PathBuf::from(unescape(target)), fstype: fstype.into(), source: unescape(source) })
+            Some(MountEntry {
+                target: PathBuf::from(unescape(target)),
+                fstype: fstype.into(),
+                source: unescape(source),
+            })
         })
         .collect()
 }
 
 /// The current mount table, empty when /proc is not mounted yet.
 pub fn current() -> Vec<MountEntry> {
-    std::fs::read_to_string("/proc/self/mountinfo").map(|t| parse_mountinfo(&t)).unwrap_or_default()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .unwrap_or_default()
 }
 
 /// Mounts every entry of `plan` whose target is not already a mount point.
 /// Returns how many were mounted; the first failure is returned as an error (a boot fault).
-pub fn mount_missing(sys: &dyn Sys, plan: &[MountSpec], mounted: &[MountEntry]) -> Result<usize, MountError> {
+pub fn mount_missing(
+    sys: &dyn Sys,
+    plan: &[MountSpec],
+    mounted: &[MountEntry],
+) -> Result<usize, MountError> {
     let mut n = 0;
     for spec in plan {
         let target = Path::new(spec.target);
@@ -105,13 +171,17 @@ pub fn mount_missing(sys: &dyn Sys, plan: &[MountSpec], mounted: &[MountEntry]) 
         }
         // Only create a missing mount point; an existing non-directory is a fault mount reports.
         if !target.exists() {
-            sys.mkdir_p(target).map_err(|errno| MountError::Mkdir { target: target.into(), errno })?;
+            sys.mkdir_p(target).map_err(|errno| MountError::Mkdir {
+                target: target.into(),
+                errno,
+            })?;
         }
-        sys.mount(spec.source, target, spec.fstype, spec.flags, spec.data).map_err(|errno| MountError::Mount {
-            fstype: spec.fstype.into(),
-            target: target.into(),
-            errno,
-        })?;
+        sys.mount(spec.source, target, spec.fstype, spec.flags, spec.data)
+            .map_err(|errno| MountError::Mount {
+                fstype: spec.fstype.into(),
+                target: target.into(),
+                errno,
+            })?;
         n += 1;
     }
     Ok(n)
@@ -119,8 +189,26 @@ pub fn mount_missing(sys: &dyn Sys, plan: &[MountSpec], mounted: &[MountEntry]) 
 
 /// Filesystems that carry no data of their own; shutdown leaves them mounted (unmounting
 /// /proc or /dev would only take away what shutdown itself uses).
-const API_FSTYPES: &[&str] =
-    &["proc", "sysfs", "devtmpfs", "devpts", "cgroup2", "cgroup", "securityfs", "debugfs", "tracefs", "mqueue", "bpf", "pstore", "configfs", "fusectl", "hugetlbfs", "rootfs", "efivarfs", "binfmt_misc"];
+const API_FSTYPES: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "cgroup2",
+    "cgroup",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "mqueue",
+    "bpf",
+    "pstore",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "rootfs",
+    "efivarfs",
+    "binfmt_misc",
+];
 
 /// What shutdown unmounts, children before parents (reverse mount order); never `/`.
 pub fn unmount_plan(mounted: &[MountEntry]) -> Vec<PathBuf> {
@@ -152,7 +240,14 @@ mod tests {
         let m = parse_mountinfo(MOUNTINFO);
         assert_eq!(m.len(), 6);
         assert_eq!(m[0].fstype, "rootfs");
-        assert_eq!(m[4], MountEntry { target: "/mnt/my disk".into(), fstype: "ext4".into(), source: "/dev/vda".into() });
+        assert_eq!(
+            m[4],
+            MountEntry {
+                target: "/mnt/my disk".into(),
+                fstype: "ext4".into(),
+                source: "/dev/vda".into()
+            }
+        );
     }
 
     #[test]
@@ -170,20 +265,32 @@ mod tests {
             })
             .collect();
         assert_eq!(n, 5);
-        assert_eq!(targets, ["/sys", "/dev/pts", "/dev/shm", "/tmp", "/sys/fs/cgroup"].map(PathBuf::from));
+        assert_eq!(
+            targets,
+            ["/sys", "/dev/pts", "/dev/shm", "/tmp", "/sys/fs/cgroup"].map(PathBuf::from)
+        );
     }
 
     #[test]
     fn mount_failure_names_fstype_target_and_errno() {
-        let sys = RecordingSys { fail_target: Some(("/run".into(), Errno::ENOTDIR)), ..Default::default() };
+        let sys = RecordingSys {
+            fail_target: Some(("/run".into(), Errno::ENOTDIR)),
+            ..Default::default()
+        };
         let err = mount_missing(&sys, &early_plan(), &[]).unwrap_err();
-        assert_eq!(err.to_string(), "mount tmpfs on /run: ENOTDIR: Not a directory");
+        assert_eq!(
+            err.to_string(),
+            "mount tmpfs on /run: ENOTDIR: Not a directory"
+        );
     }
 
     #[test]
     fn unmount_plan_is_reverse_order_without_root_or_api_filesystems() {
         let plan = unmount_plan(&parse_mountinfo(MOUNTINFO));
-        assert_eq!(plan, vec![PathBuf::from("/mnt/my disk"), PathBuf::from("/run")]);
+        assert_eq!(
+            plan,
+            vec![PathBuf::from("/mnt/my disk"), PathBuf::from("/run")]
+        );
     }
 
     #[test]

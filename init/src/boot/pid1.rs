@@ -46,8 +46,15 @@ enum Owner {
 const BOOT_MODULES: &[&str] = &["qemu_fw_cfg", "virtio_blk", "virtio_net"];
 
 /// Signals PID 1 takes through its signalfd.
-const SIGNALS: &[Signal] =
-    &[Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGPWR, Signal::SIGHUP];
+const SIGNALS: &[Signal] = &[
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGPWR,
+    Signal::SIGHUP,
+];
 
 /// Entry point when running as PID 1. Never returns.
 pub fn main() -> ! {
@@ -57,7 +64,10 @@ pub fn main() -> ! {
         Ok(Err(e)) => e.to_string(),
         Ok(Ok(never)) => match never {},
         Err(p) => {
-            let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned());
             format!("panic: {}", msg.unwrap_or_else(|| "unknown".into()))
         }
     };
@@ -84,7 +94,9 @@ fn run() -> Result<Infallible, BootError> {
     // Stage 2, in the tmpfs root.
     let signals = Signals::block()?;
     let reaper: Reaper<Owner> = Reaper::default();
-    phase("mounts", || mounts::mount_missing(&LinuxSys, &mounts::early_plan(), &mounts::current()))?;
+    phase("mounts", || {
+        mounts::mount_missing(&LinuxSys, &mounts::early_plan(), &mounts::current())
+    })?;
     let cmdline = phase("cmdline", || {
         let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         cmdline::parse(&text)
@@ -162,10 +174,12 @@ impl Signals {
         for s in SIGNALS {
             mask.add(*s);
         }
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(BootError::Signals)?;
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .map_err(BootError::Signals)?;
         // ctrl-alt-del becomes SIGINT to PID 1 instead of an immediate reboot.
         let _ = nix::sys::reboot::set_cad_enabled(false);
-        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(BootError::Signals)?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(BootError::Signals)?;
         Ok(Signals { fd })
     }
 
@@ -227,8 +241,13 @@ impl Shells {
 
     fn exited(&mut self, tty: &str) {
         if let Some((_, started)) = self.running.remove(tty) {
-            let delay = if started.elapsed() < Duration::from_secs(1) { Duration::from_secs(1) } else { Duration::ZERO };
-            self.next_start.insert(tty.to_string(), Instant::now() + delay);
+            let delay = if started.elapsed() < Duration::from_secs(1) {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            self.next_start
+                .insert(tty.to_string(), Instant::now() + delay);
         }
     }
 }
@@ -280,13 +299,19 @@ fn recovery(reason: &str) -> ! {
     kmsg::reopen();
     kmsg::console(&format!("recovery shell: {reason}"));
     let tty = console_tty();
-    if let Ok(mut con) = std::fs::OpenOptions::new().write(true).open(format!("/dev/{tty}")) {
+    if let Ok(mut con) = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/{tty}"))
+    {
         use std::io::Write;
         let _ = writeln!(con, "\r\n--- ros boot log (most recent last) ---\r");
         for line in kmsg::recent() {
             let _ = writeln!(con, "{line}\r");
         }
-        let _ = writeln!(con, "--- error: {reason} ---\r\nType `poweroff` or `reboot` when done.\r");
+        let _ = writeln!(
+            con,
+            "--- error: {reason} ---\r\nType `poweroff` or `reboot` when done.\r"
+        );
     }
     let reaper: Reaper<Owner> = Reaper::default();
     let mut shells = Shells::new(&[tty]);

@@ -9,7 +9,14 @@ use nix::mount::{MntFlags, MsFlags};
 use std::path::Path;
 
 pub trait Sys {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Errno>;
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno>;
     fn umount(&self, target: &Path, flags: MntFlags) -> Result<(), Errno>;
     fn mkdir_p(&self, path: &Path) -> Result<(), Errno>;
 }
@@ -18,7 +25,14 @@ pub trait Sys {
 pub struct LinuxSys;
 
 impl Sys for LinuxSys {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Errno> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), Errno> {
         let fstype = (!fstype.is_empty()).then_some(fstype);
         nix::mount::mount(Some(source), target, fstype, flags, data)
     }
@@ -26,7 +40,8 @@ impl Sys for LinuxSys {
         nix::mount::umount2(target, flags)
     }
     fn mkdir_p(&self, path: &Path) -> Result<(), Errno> {
-        std::fs::create_dir_all(path).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+        std::fs::create_dir_all(path)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
     }
 }
 
@@ -38,8 +53,17 @@ pub mod fake {
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub enum Call {
-        Mount { source: String, target: PathBuf, fstype: String, flags: MsFlags, data: Option<String> },
-        Umount { target: PathBuf, flags: MntFlags },
+        Mount {
+            source: String,
+            target: PathBuf,
+            fstype: String,
+            flags: MsFlags,
+            data: Option<String>,
+        },
+        Umount {
+            target: PathBuf,
+            flags: MntFlags,
+        },
         Mkdir(PathBuf),
     }
 
@@ -60,7 +84,14 @@ pub mod fake {
     }
 
     impl Sys for RecordingSys {
-        fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<(), Errno> {
+        fn mount(
+            &self,
+            source: &str,
+            target: &Path,
+            fstype: &str,
+            flags: MsFlags,
+            data: Option<&str>,
+        ) -> Result<(), Errno> {
             self.calls.borrow_mut().push(Call::Mount {
                 source: source.into(),
                 target: target.into(),
@@ -71,7 +102,10 @@ pub mod fake {
             self.check(target)
         }
         fn umount(&self, target: &Path, flags: MntFlags) -> Result<(), Errno> {
-            self.calls.borrow_mut().push(Call::Umount { target: target.into(), flags });
+            self.calls.borrow_mut().push(Call::Umount {
+                target: target.into(),
+                flags,
+            });
             self.check(target)
         }
         fn mkdir_p(&self, path: &Path) -> Result<(), Errno> {

@@ -44,7 +44,9 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Command::Config(args) => config_file::run(args),
-        Command::Os { command: OsCommand::Version } => {
+        Command::Os {
+            command: OsCommand::Version,
+        } => {
             println!("ros {VERSION}");
             Ok(0)
         }

@@ -42,7 +42,9 @@ pub struct Reaper<T> {
 
 impl<T> Default for Reaper<T> {
     fn default() -> Self {
-        Reaper { owners: Mutex::new(HashMap::new()) }
+        Reaper {
+            owners: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -68,7 +70,11 @@ impl<T> Reaper<T> {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue, // stopped/continued: not an exit
             };
-            out.push(Reaped { pid, exit, owner: owners.remove(&pid.as_raw()) });
+            out.push(Reaped {
+                pid,
+                exit,
+                owner: owners.remove(&pid.as_raw()),
+            });
         }
         out
     }

@@ -36,11 +36,21 @@ pub fn child_defaults(cmd: &mut Command) {
 
 /// Starts a root shell on `/dev/<tty>` registered with the reaper under `owner`.
 pub fn spawn_on_tty<T>(reaper: &Reaper<T>, tty: &str, owner: T) -> Result<Pid, ShellError> {
-    let err = |source| ShellError::Spawn { tty: tty.to_string(), source };
-    let dev = OpenOptions::new().read(true).write(true).open(format!("/dev/{tty}")).map_err(err)?;
+    let err = |source| ShellError::Spawn {
+        tty: tty.to_string(),
+        source,
+    };
+    let dev = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/{tty}"))
+        .map_err(err)?;
     let mut cmd = Command::new(SHELL);
     cmd.env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", "/root")
         .env("TERM", "vt100")
         .env("PS1", "ros# ")
