@@ -244,13 +244,39 @@ fn scripts_run_exec_prints_init_name_and_hostname() {
     );
     assert_eq!(stdout, "init\nexec-node\n");
 
+    // The other options reach the VM: memory, a disk, extra cmdline words; the status is CMD's.
+    let disk = dir.path().join("d.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
     let out = Command::new(repo_root().join("scripts/run"))
-        .args(["--exec", "exit 3"])
+        .args(["--mem", "512", "--append", "ros.sysctl.vm.swappiness=21 ros.hostname=opt-node", "--disk"])
+        .arg(&disk)
+        .args(["--exec", "hostname; cat /proc/sys/vm/swappiness; cat /sys/block/vda/size; awk '/MemTotal/{print ($2 < 524288)}' /proc/meminfo; exit 3"])
         .output()
         .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "opt-node\n21\n16384\n1\n"
+    );
     assert_eq!(
         out.status.code(),
         Some(3),
         "--exec exits with the command's status"
+    );
+}
+
+#[test]
+fn scripts_run_timeout_gives_up_with_a_clear_error() {
+    let out = Command::new(repo_root().join("scripts/run"))
+        .args(["--timeout", "15", "--exec", "sleep 600"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("`sleep 600` did not finish within 15s"),
+        "{err}"
     );
 }
