@@ -2,6 +2,7 @@
 //! everything else lives here, one module per subsystem (see DESIGN.md, "Repository layout").
 
 pub mod boot;
+pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod power;
