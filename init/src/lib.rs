@@ -6,4 +6,5 @@ pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod power;
+pub mod runtime;
 pub mod supervisor;
