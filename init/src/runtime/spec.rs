@@ -9,9 +9,10 @@
 
 use crate::config::schema::{Container, Kind, NetMode};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
-    LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use std::collections::{BTreeMap, HashSet};
 
@@ -28,9 +29,14 @@ pub struct ImageConfig {
 impl ImageConfig {
     /// Reads the runtime part of an OCI image configuration blob.
     pub fn from_json(name: &str, json: &[u8]) -> Result<Self, SpecError> {
-        let cfg: oci_spec::image::ImageConfiguration = serde_json::from_slice(json)
-            .map_err(|e| SpecError::ImageConfig { name: name.to_string(), reason: e.to_string() })?;
-        let Some(c) = cfg.config() else { return Ok(Self::default()) };
+        let cfg: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(json).map_err(|e| SpecError::ImageConfig {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        let Some(c) = cfg.config() else {
+            return Ok(Self::default());
+        };
         Ok(ImageConfig {
             entrypoint: c.entrypoint().clone().unwrap_or_default(),
             cmd: c.cmd().clone().unwrap_or_default(),
@@ -43,7 +49,9 @@ impl ImageConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
-    #[error("{name}: nothing to run: neither the image nor the config gives an entrypoint or command")]
+    #[error(
+        "{name}: nothing to run: neither the image nor the config gives an entrypoint or command"
+    )]
     NoCommand { name: String },
     #[error("{name}: user `{user}`: only numeric uid[:gid] is supported")]
     User { name: String, user: String },
@@ -86,16 +94,25 @@ pub const DEFAULT_CAPS: &[&str] = &[
 ];
 
 fn build_err(name: &str) -> impl Fn(oci_spec::OciSpecError) -> SpecError + '_ {
-    move |e| SpecError::Build { name: name.to_string(), reason: e.to_string() }
+    move |e| SpecError::Build {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// `"CHOWN"` and `"CAP_CHOWN"` alike, case-insensitive.
 fn parse_cap(name: &str, cap: &str) -> Result<Capability, SpecError> {
     let upper = cap.trim().to_ascii_uppercase();
-    let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+    let full = if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    };
     // Capability's serde names are the kernel's (`CAP_CHOWN`); its FromStr wants `CHOWN`.
-    serde_json::from_value(serde_json::Value::String(full))
-        .map_err(|_| SpecError::Capability { name: name.into(), cap: cap.into() })
+    serde_json::from_value(serde_json::Value::String(full)).map_err(|_| SpecError::Capability {
+        name: name.into(),
+        cap: cap.into(),
+    })
 }
 
 /// The capability set: all for privileged services, else the default set, then add/drop.
@@ -104,7 +121,10 @@ pub fn capabilities(input: &SpecInput) -> Result<HashSet<Capability>, SpecError>
     let mut set: HashSet<Capability> = if c.privileged && input.kind == Kind::Service {
         all_caps()
     } else {
-        DEFAULT_CAPS.iter().map(|s| parse_cap(input.name, s)).collect::<Result<_, _>>()?
+        DEFAULT_CAPS
+            .iter()
+            .map(|s| parse_cap(input.name, s))
+            .collect::<Result<_, _>>()?
     };
     for a in &c.capabilities.add {
         if a.eq_ignore_ascii_case("ALL") {
@@ -125,16 +145,54 @@ pub fn capabilities(input: &SpecInput) -> Result<HashSet<Capability>, SpecError>
 
 /// Every capability Linux 6.12 knows.
 const ALL_CAPS: &[&str] = &[
-    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
-    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
-    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
-    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
-    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
-    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
 ];
 
 fn all_caps() -> HashSet<Capability> {
-    ALL_CAPS.iter().filter_map(|c| parse_cap("", c).ok()).collect()
+    ALL_CAPS
+        .iter()
+        .filter_map(|c| parse_cap("", c).ok())
+        .collect()
 }
 
 /// argv: a config entrypoint replaces the image's and, as in Docker, drops the image's cmd; a
@@ -149,7 +207,9 @@ pub fn argv(input: &SpecInput) -> Result<Vec<String>, SpecError> {
     };
     let argv: Vec<String> = entry.into_iter().chain(cmd).collect();
     if argv.is_empty() {
-        return Err(SpecError::NoCommand { name: input.name.into() });
+        return Err(SpecError::NoCommand {
+            name: input.name.into(),
+        });
     }
     Ok(argv)
 }
@@ -164,7 +224,10 @@ pub fn env(input: &SpecInput) -> Vec<String> {
         }
         vals.insert(k.to_string(), v.to_string());
     };
-    put("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    put(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
     for kv in &input.image.env {
         let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
         put(k, v);
@@ -172,30 +235,52 @@ pub fn env(input: &SpecInput) -> Vec<String> {
     for (k, v) in &input.container.env {
         put(k, v);
     }
-    order.into_iter().map(|k| format!("{k}={}", vals.get(&k).map(String::as_str).unwrap_or(""))).collect()
+    order
+        .into_iter()
+        .map(|k| format!("{k}={}", vals.get(&k).map(String::as_str).unwrap_or("")))
+        .collect()
 }
 
 /// Numeric `uid[:gid]` (names need the image's /etc/passwd: not supported yet).
 fn user(input: &SpecInput) -> Result<(u32, u32), SpecError> {
-    let text = input.container.user.clone().unwrap_or_else(|| input.image.user.clone());
+    let text = input
+        .container
+        .user
+        .clone()
+        .unwrap_or_else(|| input.image.user.clone());
     if text.is_empty() {
         return Ok((0, 0));
     }
-    let err = || SpecError::User { name: input.name.into(), user: text.clone() };
+    let err = || SpecError::User {
+        name: input.name.into(),
+        user: text.clone(),
+    };
     let (u, g) = text.split_once(':').unwrap_or((text.as_str(), ""));
     let uid: u32 = u.parse().map_err(|_| err())?;
-    let gid: u32 = if g.is_empty() { uid } else { g.parse().map_err(|_| err())? };
+    let gid: u32 = if g.is_empty() {
+        uid
+    } else {
+        g.parse().map_err(|_| err())?
+    };
     Ok((uid, gid))
 }
 
 fn namespaces(net: NetMode) -> Vec<LinuxNamespace> {
-    let mut kinds = vec![LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Mount, LinuxNamespaceType::Cgroup];
+    let mut kinds = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ];
     if net != NetMode::Host {
         // Host networking shares the host's hostname too, as Docker's --net=host does.
         kinds.push(LinuxNamespaceType::Uts);
         kinds.push(LinuxNamespaceType::Network);
     }
-    kinds.into_iter().filter_map(|t| LinuxNamespaceBuilder::default().typ(t).build().ok()).collect()
+    kinds
+        .into_iter()
+        .filter_map(|t| LinuxNamespaceBuilder::default().typ(t).build().ok())
+        .collect()
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Option<Mount> {
@@ -212,19 +297,61 @@ fn mounts(input: &SpecInput, privileged: bool) -> Vec<Mount> {
     let sys_mode = if privileged { "rw" } else { "ro" };
     let mut out: Vec<Mount> = [
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"]),
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]),
-        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
-        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", sys_mode]),
-        mount("/sys/fs/cgroup", "cgroup", "cgroup", &["nosuid", "noexec", "nodev", "relatime", sys_mode]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", sys_mode],
+        ),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", sys_mode],
+        ),
     ]
     .into_iter()
     .flatten()
     .collect();
     if input.container.net_mode(input.kind) == NetMode::Host {
         // The host's resolver settings, kept current by ros, read-only.
-        out.extend(mount("/etc/resolv.conf", "bind", "/etc/resolv.conf", &["rbind", "ro"]));
+        out.extend(mount(
+            "/etc/resolv.conf",
+            "bind",
+            "/etc/resolv.conf",
+            &["rbind", "ro"],
+        ));
     }
     for m in &input.container.mounts {
         let mut opts: Vec<&str> = vec!["rbind"];
@@ -237,7 +364,11 @@ fn mounts(input: &SpecInput, privileged: bool) -> Vec<Mount> {
 
 /// The devices an unprivileged container may use: the standard character devices.
 fn device_allow_list() -> Vec<LinuxDeviceCgroup> {
-    let dev = |allow: bool, typ: Option<LinuxDeviceType>, major: Option<i64>, minor: Option<i64>, access: &str| {
+    let dev = |allow: bool,
+               typ: Option<LinuxDeviceType>,
+               major: Option<i64>,
+               minor: Option<i64>,
+               access: &str| {
         let mut b = LinuxDeviceCgroupBuilder::default();
         b = b.allow(allow).access(access);
         if let Some(t) = typ {
@@ -254,14 +385,14 @@ fn device_allow_list() -> Vec<LinuxDeviceCgroup> {
     let c = Some(LinuxDeviceType::C);
     [
         dev(false, None, None, None, "rwm"),
-        dev(true, c, Some(1), Some(3), "rwm"),   // null
-        dev(true, c, Some(1), Some(5), "rwm"),   // zero
-        dev(true, c, Some(1), Some(7), "rwm"),   // full
-        dev(true, c, Some(1), Some(8), "rwm"),   // random
-        dev(true, c, Some(1), Some(9), "rwm"),   // urandom
-        dev(true, c, Some(5), Some(0), "rwm"),   // tty
-        dev(true, c, Some(5), Some(2), "rwm"),   // ptmx
-        dev(true, c, Some(136), None, "rwm"),    // pts
+        dev(true, c, Some(1), Some(3), "rwm"), // null
+        dev(true, c, Some(1), Some(5), "rwm"), // zero
+        dev(true, c, Some(1), Some(7), "rwm"), // full
+        dev(true, c, Some(1), Some(8), "rwm"), // random
+        dev(true, c, Some(1), Some(9), "rwm"), // urandom
+        dev(true, c, Some(5), Some(0), "rwm"), // tty
+        dev(true, c, Some(5), Some(2), "rwm"), // ptmx
+        dev(true, c, Some(136), None, "rwm"),  // pts
     ]
     .into_iter()
     .flatten()
@@ -282,10 +413,19 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     capabilities.set_inheritable(None);
     capabilities.set_ambient(None);
     let (uid, gid) = user(input)?;
-    let cwd = c.working_dir.clone().unwrap_or_else(|| input.image.working_dir.clone());
+    let cwd = c
+        .working_dir
+        .clone()
+        .unwrap_or_else(|| input.image.working_dir.clone());
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(&err)?)
+        .user(
+            UserBuilder::default()
+                .uid(uid)
+                .gid(gid)
+                .build()
+                .map_err(&err)?,
+        )
         .args(argv(input)?)
         .env(env(input))
         .cwd(if cwd.is_empty() { "/".to_string() } else { cwd })
@@ -297,18 +437,38 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(m) = c.memory {
         let bytes = i64::try_from(m.0).unwrap_or(i64::MAX);
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(bytes).build().map_err(&err)?);
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(bytes)
+                .build()
+                .map_err(&err)?,
+        );
     }
     if let Some(cpus) = c.cpus {
         let period: u64 = 100_000;
         let quota = (cpus * period as f64).round() as i64;
-        resources = resources.cpu(LinuxCpuBuilder::default().period(period).quota(quota).build().map_err(&err)?);
+        resources = resources.cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota(quota)
+                .build()
+                .map_err(&err)?,
+        );
     }
     if let Some(p) = c.pids {
-        resources = resources.pids(LinuxPidsBuilder::default().limit(i64::try_from(p).unwrap_or(i64::MAX)).build().map_err(&err)?);
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::try_from(p).unwrap_or(i64::MAX))
+                .build()
+                .map_err(&err)?,
+        );
     }
     let devices = if privileged {
-        vec![LinuxDeviceCgroupBuilder::default().allow(true).access("rwm").build().map_err(&err)?]
+        vec![LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .access("rwm")
+            .build()
+            .map_err(&err)?]
     } else {
         device_allow_list()
     };
@@ -328,8 +488,18 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let mut spec = Spec::default();
     spec.set_version("1.1.0".to_string());
     spec.set_process(Some(process));
-    spec.set_root(Some(RootBuilder::default().path("rootfs").readonly(c.read_only).build().map_err(&err)?));
-    spec.set_hostname(if c.net_mode(input.kind) == NetMode::Host { None } else { Some(input.name.to_string()) });
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path("rootfs")
+            .readonly(c.read_only)
+            .build()
+            .map_err(&err)?,
+    ));
+    spec.set_hostname(if c.net_mode(input.kind) == NetMode::Host {
+        None
+    } else {
+        Some(input.name.to_string())
+    });
     spec.set_mounts(Some(mounts(input, privileged)));
     spec.set_linux(Some(linux.build().map_err(&err)?));
     Ok(spec)
@@ -350,23 +520,47 @@ mod tests {
         }
     }
 
-    fn input<'a>(name: &'a str, kind: Kind, c: &'a Container, img: &'a ImageConfig) -> SpecInput<'a> {
-        SpecInput { name, kind, container: c, image: img, cgroups_path: format!("/ros/x/{name}") }
+    fn input<'a>(
+        name: &'a str,
+        kind: Kind,
+        c: &'a Container,
+        img: &'a ImageConfig,
+    ) -> SpecInput<'a> {
+        SpecInput {
+            name,
+            kind,
+            container: c,
+            image: img,
+            cgroups_path: format!("/ros/x/{name}"),
+        }
     }
 
     #[test]
     fn argv_follows_docker_override_rules() {
         let img = image();
         let mut c = Container::default();
-        assert_eq!(argv(&input("w", Kind::Workload, &c, &img)).unwrap(), ["/docker-entrypoint.sh", "nginx", "-g", "daemon off;"]);
+        assert_eq!(
+            argv(&input("w", Kind::Workload, &c, &img)).unwrap(),
+            ["/docker-entrypoint.sh", "nginx", "-g", "daemon off;"]
+        );
         c.command = Some(vec!["sleep".into(), "1".into()]);
-        assert_eq!(argv(&input("w", Kind::Workload, &c, &img)).unwrap(), ["/docker-entrypoint.sh", "sleep", "1"]);
+        assert_eq!(
+            argv(&input("w", Kind::Workload, &c, &img)).unwrap(),
+            ["/docker-entrypoint.sh", "sleep", "1"]
+        );
         c.command = None;
         c.entrypoint = Some(vec!["/bin/sh".into()]);
-        assert_eq!(argv(&input("w", Kind::Workload, &c, &img)).unwrap(), ["/bin/sh"], "entrypoint drops the image cmd");
+        assert_eq!(
+            argv(&input("w", Kind::Workload, &c, &img)).unwrap(),
+            ["/bin/sh"],
+            "entrypoint drops the image cmd"
+        );
         let empty = ImageConfig::default();
         let err = argv(&input("w", Kind::Workload, &Container::default(), &empty)).unwrap_err();
-        assert_eq!(err.to_string(), "w: nothing to run: neither the image nor the config gives an entrypoint or command");
+        assert_eq!(
+            err.to_string(),
+            "w: nothing to run: neither the image nor the config gives an entrypoint or command"
+        );
     }
 
     #[test]
@@ -375,28 +569,55 @@ mod tests {
         let mut c = Container::default();
         c.env.insert("MODE".into(), "prod".into());
         c.env.insert("PATH".into(), "/opt/bin".into());
-        assert_eq!(env(&input("w", Kind::Workload, &c, &img)), ["PATH=/opt/bin", "NGINX_VERSION=1.27", "MODE=prod"]);
+        assert_eq!(
+            env(&input("w", Kind::Workload, &c, &img)),
+            ["PATH=/opt/bin", "NGINX_VERSION=1.27", "MODE=prod"]
+        );
     }
 
     #[test]
     fn workload_gets_default_caps_no_new_privs_masked_paths_and_own_netns() {
         let img = image();
-        let c = Container { memory: Some(crate::config::units::Memory(256 << 20)), cpus: Some(0.5), pids: Some(100), ..Default::default() };
+        let c = Container {
+            memory: Some(crate::config::units::Memory(256 << 20)),
+            cpus: Some(0.5),
+            pids: Some(100),
+            ..Default::default()
+        };
         let spec = build(&input("web", Kind::Workload, &c, &img)).unwrap();
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.no_new_privileges(), Some(true));
-        let bounding = p.capabilities().as_ref().unwrap().bounding().clone().unwrap();
+        let bounding = p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .clone()
+            .unwrap();
         assert_eq!(bounding.len(), DEFAULT_CAPS.len());
         assert!(!bounding.contains(&Capability::SysAdmin));
         let linux = spec.linux().as_ref().unwrap();
-        assert!(linux.masked_paths().as_ref().unwrap().contains(&"/proc/kcore".to_string()));
-        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .unwrap()
+            .contains(&"/proc/kcore".to_string()));
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
         assert!(ns.contains(&LinuxNamespaceType::Network));
         let r = linux.resources().as_ref().unwrap();
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(256 << 20));
         assert_eq!(r.cpu().as_ref().unwrap().quota(), Some(50_000));
         assert_eq!(r.pids().as_ref().unwrap().limit(), 100);
-        assert_eq!(linux.cgroups_path().as_ref().unwrap().to_str(), Some("/ros/x/web"));
+        assert_eq!(
+            linux.cgroups_path().as_ref().unwrap().to_str(),
+            Some("/ros/x/web")
+        );
         assert_eq!(spec.hostname().as_deref(), Some("web"));
         assert_eq!(p.cwd().to_str(), Some("/srv"));
     }
@@ -404,38 +625,83 @@ mod tests {
     #[test]
     fn privileged_service_gets_all_caps_devices_and_host_net() {
         let img = image();
-        let c = Container { privileged: true, ..Default::default() };
+        let c = Container {
+            privileged: true,
+            ..Default::default()
+        };
         let spec = build(&input("syslog", Kind::Service, &c, &img)).unwrap();
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.no_new_privileges(), Some(false));
-        assert!(p.capabilities().as_ref().unwrap().bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+        assert!(p
+            .capabilities()
+            .as_ref()
+            .unwrap()
+            .bounding()
+            .as_ref()
+            .unwrap()
+            .contains(&Capability::SysAdmin));
         let linux = spec.linux().as_ref().unwrap();
         assert!(linux.masked_paths().as_ref().is_none_or(|m| m.is_empty()));
-        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
-        assert!(!ns.contains(&LinuxNamespaceType::Network), "services default to host networking");
-        let dev = &linux.resources().as_ref().unwrap().devices().as_ref().unwrap()[0];
+        let ns: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert!(
+            !ns.contains(&LinuxNamespaceType::Network),
+            "services default to host networking"
+        );
+        let dev = &linux
+            .resources()
+            .as_ref()
+            .unwrap()
+            .devices()
+            .as_ref()
+            .unwrap()[0];
         assert!(dev.allow());
-        assert!(spec.mounts().as_ref().unwrap().iter().any(|m| m.destination().to_str() == Some("/etc/resolv.conf")));
+        assert!(spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.destination().to_str() == Some("/etc/resolv.conf")));
     }
 
     #[test]
     fn privileged_is_ignored_for_workloads() {
         let img = image();
-        let c = Container { privileged: true, ..Default::default() };
+        let c = Container {
+            privileged: true,
+            ..Default::default()
+        };
         let spec = build(&input("w", Kind::Workload, &c, &img)).unwrap();
-        assert_eq!(spec.process().as_ref().unwrap().no_new_privileges(), Some(true));
+        assert_eq!(
+            spec.process().as_ref().unwrap().no_new_privileges(),
+            Some(true)
+        );
     }
 
     #[test]
     fn cap_add_drop_and_bad_names() {
         let img = image();
         let c = Container {
-            capabilities: Capabilities { add: vec!["net_admin".into()], drop: vec!["CAP_NET_RAW".into()] },
+            capabilities: Capabilities {
+                add: vec!["net_admin".into()],
+                drop: vec!["CAP_NET_RAW".into()],
+            },
             ..Default::default()
         };
         let caps = capabilities(&input("w", Kind::Workload, &c, &img)).unwrap();
         assert!(caps.contains(&Capability::NetAdmin) && !caps.contains(&Capability::NetRaw));
-        let bad = Container { capabilities: Capabilities { add: vec!["FLY".into()], drop: vec![] }, ..Default::default() };
+        let bad = Container {
+            capabilities: Capabilities {
+                add: vec!["FLY".into()],
+                drop: vec![],
+            },
+            ..Default::default()
+        };
         let err = capabilities(&input("w", Kind::Workload, &bad, &img)).unwrap_err();
         assert_eq!(err.to_string(), "w: capabilities: unknown capability `FLY`");
     }
@@ -445,17 +711,37 @@ mod tests {
         let img = image();
         let c = Container {
             user: Some("1000:100".into()),
-            mounts: vec![ContainerMount { source: "/var/lib/ros/volumes/web".into(), target: "/data".into(), options: vec![], read_only: true }],
+            mounts: vec![ContainerMount {
+                source: "/var/lib/ros/volumes/web".into(),
+                target: "/data".into(),
+                options: vec![],
+                read_only: true,
+            }],
             net: Some(NetMode::None),
             ..Default::default()
         };
         let spec = build(&input("w", Kind::Workload, &c, &img)).unwrap();
         let u = spec.process().as_ref().unwrap().user();
         assert_eq!((u.uid(), u.gid()), (1000, 100));
-        let m = spec.mounts().as_ref().unwrap().iter().find(|m| m.destination().to_str() == Some("/data")).unwrap();
-        assert_eq!(m.options().as_ref().unwrap(), &vec!["rbind".to_string(), "ro".to_string()]);
-        let named = Container { user: Some("nginx".into()), ..Default::default() };
-        assert!(matches!(build(&input("w", Kind::Workload, &named, &img)), Err(SpecError::User { .. })));
+        let m = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination().to_str() == Some("/data"))
+            .unwrap();
+        assert_eq!(
+            m.options().as_ref().unwrap(),
+            &vec!["rbind".to_string(), "ro".to_string()]
+        );
+        let named = Container {
+            user: Some("nginx".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            build(&input("w", Kind::Workload, &named, &img)),
+            Err(SpecError::User { .. })
+        ));
     }
 
     #[test]
@@ -465,6 +751,9 @@ mod tests {
         assert_eq!(c.entrypoint, ["/bin/busybox"]);
         assert_eq!(c.cmd, ["syslogd", "-n"]);
         assert_eq!(c.working_dir, "/w");
-        assert!(ImageConfig::from_json("x", b"{").unwrap_err().to_string().starts_with("x: image config:"));
+        assert!(ImageConfig::from_json("x", b"{")
+            .unwrap_err()
+            .to_string()
+            .starts_with("x: image config:"));
     }
 }
