@@ -16,6 +16,12 @@ PREREQS=(
   "dpkg-deb:dpkg"
   "apt-get:apt"
   "gpgv:gpgv"
+  "mkfs.erofs:erofs-utils"
+  "unshare:util-linux"
+  "nsenter:util-linux"
+  "script:bsdutils"
+  "dnsmasq:dnsmasq-base"
+  "ip:iproute2"
 )
 
 ensure_prereqs() {

@@ -185,16 +185,13 @@ fn boot_fault_lands_in_the_recovery_shell_showing_the_error() {
         extra.display()
     )));
     assert!(ok, "cpio: {out}");
-    // The kernel takes concatenated cpio archives; appending to the zstd stream is not
-    // reliable, so the image is decompressed first.
-    let initrd = dir.path().join("initrd.cpio");
-    let (ok, out) = run(Command::new("zstd")
-        .args(["-d", "-q", "-f", "-o"])
-        .arg(&initrd)
-        .arg(repo_root().join("build/out/initrd.img")));
-    assert!(ok, "zstd -d: {out}");
-    let mut bytes = std::fs::read(&initrd).unwrap();
-    bytes.extend(std::fs::read(&extra).unwrap());
+    // The kernel takes concatenated archives, each compressed on its own: the fault goes
+    // last, zstd-compressed like the image's main segment, so its `run` replaces the directory.
+    let (ok, out) = run(Command::new("zstd").args(["-q", "-f", "--rm"]).arg(&extra));
+    assert!(ok, "zstd: {out}");
+    let initrd = dir.path().join("initrd.img");
+    let mut bytes = std::fs::read(repo_root().join("build/out/initrd.img")).unwrap();
+    bytes.extend(std::fs::read(dir.path().join("extra.cpio.zst")).unwrap());
     std::fs::write(&initrd, bytes).unwrap();
 
     let opts = VmOptions {

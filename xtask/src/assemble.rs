@@ -1,11 +1,13 @@
 //! Assembling the boot artifacts from extracted packages: `build/out/vmlinuz` and
-//! `build/out/initrd.img` (the initramfs tree in `build/initrd-root/`, packed as a zstd-compressed
-//! newc cpio), each rebuilt only when the inputs recorded in its stamp change. Also builds the
-//! `ros` binary that becomes `/init`.
+//! `build/out/initrd.img` — an uncompressed newc segment holding the erofs system image at
+//! `/usr/lib/ros/system.erofs` (already compressed; the kernel unpacks an uncompressed archive
+//! followed by a compressed one, never the reverse), then the initramfs tree of
+//! `build/initrd-root/` as a zstd-compressed newc cpio — each rebuilt only when the inputs
+//! recorded in its stamp change. Also builds the `ros` binary that becomes `/init`.
 //!
-//! Owns `build/initrd-root/`, `build/out/` and `build/stamps/`. It must not fetch or extract
-//! packages (it gets extracted trees from `fetch`), must not modify those trees, and must not
-//! print: it returns what it did and the caller reports it.
+//! Owns `build/initrd-root/`, `build/initrd-main.cpio.zst`, `build/out/` and `build/stamps/`.
+//! It must not fetch or extract packages (it gets extracted trees from `fetch`), must not modify
+//! those trees, and must not print: it returns what it did and the caller reports it.
 
 use crate::layout::Layout;
 use crate::lock::LockedPackage;
@@ -276,7 +278,13 @@ pub struct InitrdPlan<'a> {
     pub zstd_level: u32,
     /// Hash of the tool doing the assembly, so a changed xtask rebuilds.
     pub tool: String,
+    /// The erofs system image, shipped at [`SYSTEM_IMAGE`] in an uncompressed cpio segment in
+    /// front of the zstd one.
+    pub system: Option<&'a Path>,
 }
+
+/// Where the erofs system image is in the initramfs (PID 1 loop-mounts it).
+pub const SYSTEM_IMAGE: &str = "usr/lib/ros/system.erofs";
 
 /// What `initrd` did.
 #[derive(Debug, Clone)]
@@ -284,6 +292,8 @@ pub struct InitrdReport {
     pub outcome: Outcome,
     pub path: PathBuf,
     pub size: u64,
+    /// Size of the uncompressed segment holding the system image (0 without one).
+    pub system_segment: u64,
     /// Present when it was rebuilt.
     pub built: Option<Staged>,
 }
@@ -303,11 +313,21 @@ pub struct Staged {
 impl InitrdReport {
     /// `build/out/initrd.img 3.1 MiB (zstd), …`
     pub fn describe(&self, layout: &Layout) -> String {
-        let mut s = format!(
-            "{} {} (zstd)",
-            layout.display(&self.path),
-            human_size(self.size)
-        );
+        let mut s = if self.system_segment > 0 {
+            format!(
+                "{} {} ({} uncompressed cpio with {SYSTEM_IMAGE}, then {} zstd)",
+                layout.display(&self.path),
+                human_size(self.size),
+                human_size(self.system_segment),
+                human_size(self.size.saturating_sub(self.system_segment)),
+            )
+        } else {
+            format!(
+                "{} {} (zstd)",
+                layout.display(&self.path),
+                human_size(self.size)
+            )
+        };
         if let Some(b) = &self.built {
             s.push_str(&format!(
                 ", {} entries ({} files, {} unpacked), {} busybox applets, kernel {} modules: {}",
@@ -339,7 +359,66 @@ pub fn initrd_inputs(plan: &InitrdPlan) -> Result<String, AssembleError> {
         ("epoch", plan.epoch.to_string()),
         ("zstd", plan.zstd_level.to_string()),
         ("xtask", plan.tool.clone()),
+        (
+            "system.erofs",
+            match plan.system {
+                Some(p) => file_hash(p)?,
+                None => "none".into(),
+            },
+        ),
     ]))
+}
+
+/// The uncompressed segment's size for an initrd whose inputs are current (written to a sink:
+/// the format is simple enough that this is the exact size, and cheap).
+fn segment_size(plan: &InitrdPlan) -> Result<u64, AssembleError> {
+    let Some(system) = plan.system else {
+        return Ok(0);
+    };
+    let size = fs::metadata(system).map_err(io_err(system))?.len();
+    let mut w = crate::cpio::NewcWriter::new(io::sink(), plan.epoch);
+    system_segment_dirs(&mut w)
+        .and_then(|()| w.file(SYSTEM_IMAGE, 0o644, size, &mut io::repeat(0)))
+        .and_then(|()| w.finish())
+        .map(|(_, n)| n)
+        .map_err(io_err(system))
+}
+
+fn system_segment_dirs<W: Write>(w: &mut crate::cpio::NewcWriter<W>) -> io::Result<()> {
+    w.dir("usr", 0o755)?;
+    w.dir("usr/lib", 0o755)?;
+    w.dir("usr/lib/ros", 0o755)
+}
+
+/// Writes `out`: the uncompressed newc segment with `system` (when there is one) followed by the
+/// compressed archive `packed`. The kernel unpacks an uncompressed archive followed by a
+/// compressed one (never the reverse: docs/boot.md). Returns the segment's size.
+pub fn concat_initrd(
+    out: &Path,
+    system: Option<&Path>,
+    packed: &Path,
+    epoch: i64,
+) -> Result<u64, AssembleError> {
+    let tmp = out.with_extension("tmp");
+    let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut w = io::BufWriter::new(file);
+    let mut segment = 0;
+    if let Some(system) = system {
+        let mut src = fs::File::open(system).map_err(io_err(system))?;
+        let size = src.metadata().map_err(io_err(system))?.len();
+        let mut cpio = crate::cpio::NewcWriter::new(&mut w, epoch);
+        system_segment_dirs(&mut cpio)
+            .and_then(|()| cpio.file(SYSTEM_IMAGE, 0o644, size, &mut src))
+            .map_err(io_err(system))?;
+        segment = cpio.finish().map_err(io_err(&tmp))?.1;
+    }
+    let mut src = fs::File::open(packed).map_err(io_err(packed))?;
+    io::copy(&mut src, &mut w).map_err(io_err(&tmp))?;
+    w.flush().map_err(io_err(&tmp))?;
+    drop(w);
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(io_err(&tmp))?;
+    fs::rename(&tmp, out).map_err(io_err(out))?;
+    Ok(segment)
 }
 
 /// Builds `build/out/initrd.img` unless its stamp says the inputs are unchanged.
@@ -358,6 +437,7 @@ pub fn initrd(layout: &Layout, plan: &InitrdPlan) -> Result<InitrdReport, Assemb
             outcome: Outcome::UpToDate,
             path: out,
             size,
+            system_segment: segment_size(plan)?,
             built: None,
         });
     }
@@ -369,7 +449,9 @@ pub fn initrd(layout: &Layout, plan: &InitrdPlan) -> Result<InitrdReport, Assemb
     let staging = layout.staging();
     let mut staged = stage(&staging, plan, &kver, &moddir, &full)?;
     fs::create_dir_all(layout.out()).map_err(io_err(&layout.out()))?;
-    let (entries, files, unpacked) = pack(&staging, &out, plan.zstd_level, plan.epoch)?;
+    let packed = layout.build().join("initrd-main.cpio.zst");
+    let (entries, files, unpacked) = pack(&staging, &packed, plan.zstd_level, plan.epoch)?;
+    let system_segment = concat_initrd(&out, plan.system, &packed, plan.epoch)?;
     staged.entries = entries;
     staged.files = files;
     staged.unpacked = unpacked;
@@ -379,6 +461,7 @@ pub fn initrd(layout: &Layout, plan: &InitrdPlan) -> Result<InitrdReport, Assemb
         outcome: Outcome::Built,
         path: out,
         size,
+        system_segment,
         built: Some(staged),
     })
 }
@@ -424,6 +507,36 @@ pub fn applet_links(list: &str) -> Result<Vec<String>, AssembleError> {
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// The static busybox binary in an extracted busybox package (`usr/bin/busybox` on trixie).
+pub fn find_busybox(package_root: &Path) -> Result<PathBuf, AssembleError> {
+    ["usr/bin/busybox", "bin/busybox"]
+        .iter()
+        .map(|p| package_root.join(p))
+        .find(|p| p.is_file())
+        .ok_or_else(|| AssembleError::NoBusybox {
+            path: package_root.to_owned(),
+        })
+}
+
+/// The applets to link for the static `busybox` at `path` (it runs on the build host: it is
+/// static), per [`applet_links`].
+pub fn busybox_applets(path: &Path) -> Result<Vec<String>, AssembleError> {
+    let mut cmd = Command::new(path);
+    cmd.arg("--list");
+    let command = describe(&cmd);
+    let output = cmd.output().map_err(|e| AssembleError::Command {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
+    if !output.status.success() {
+        return Err(AssembleError::Command {
+            command,
+            detail: output_tail(&output),
+        });
+    }
+    applet_links(&String::from_utf8_lossy(&output.stdout))
 }
 
 fn os_release(version: &str) -> String {
@@ -472,30 +585,10 @@ fn stage(
     link("/init", &staging.join("usr/bin/ros"))?;
 
     // busybox and one /bin link per applet.
-    let bb_root = plan.busybox.1;
-    let bb = ["usr/bin/busybox", "bin/busybox"]
-        .iter()
-        .map(|p| bb_root.join(p))
-        .find(|p| p.is_file())
-        .ok_or_else(|| AssembleError::NoBusybox {
-            path: bb_root.to_owned(),
-        })?;
+    let bb = find_busybox(plan.busybox.1)?;
     let bb_dest = staging.join("bin/busybox");
     copy(&bb, &bb_dest, 0o755)?;
-    let mut cmd = Command::new(&bb_dest);
-    cmd.arg("--list");
-    let command = describe(&cmd);
-    let output = cmd.output().map_err(|e| AssembleError::Command {
-        command: command.clone(),
-        detail: e.to_string(),
-    })?;
-    if !output.status.success() {
-        return Err(AssembleError::Command {
-            command,
-            detail: output_tail(&output),
-        });
-    }
-    let applets = applet_links(&String::from_utf8_lossy(&output.stdout))?;
+    let applets = busybox_applets(&bb_dest)?;
     for a in &applets {
         link("busybox", &staging.join("bin").join(a))?;
     }
@@ -651,7 +744,11 @@ pub fn pack(
         }
     };
     let mut cpio_child = cpio.spawn().map_err(spawn_err(&cpio_cmd))?;
-    let cpio_out = cpio_child.stdout.take().expect("piped stdout");
+    let no_pipe = |command: &str| AssembleError::Command {
+        command: command.to_owned(),
+        detail: "spawned without the piped stdin/stdout".into(),
+    };
+    let cpio_out = cpio_child.stdout.take().ok_or_else(|| no_pipe(&cpio_cmd))?;
     let mut zstd = Command::new("zstd");
     zstd.arg("-q")
         .arg(format!("-{level}"))
@@ -661,7 +758,7 @@ pub fn pack(
         .stderr(Stdio::piped());
     let zstd_cmd = describe(&zstd);
     let zstd_child = zstd.spawn().map_err(spawn_err(&zstd_cmd));
-    let mut stdin = cpio_child.stdin.take().expect("piped stdin");
+    let mut stdin = cpio_child.stdin.take().ok_or_else(|| no_pipe(&cpio_cmd))?;
     let writer = std::thread::spawn(move || stdin.write_all(&list));
     let cpio_result = cpio_child.wait_with_output();
     let _ = writer.join();

@@ -1,13 +1,16 @@
 //! Getting verified .debs: resolving a manifest entry to a pinned or current package, the download
 //! cache keyed by sha256 (outside the clone), stale-pin handling, and extracting each .deb once.
 //!
-//! Owns the cache directory (`<cache>/debs/<sha256>.deb`) and the extract directory
-//! (`<build>/extract/<sha256>/`). It must not assemble anything, write the lock, or print: it
-//! reports what it does through [`Event`]s and leaves the wording on screen to the caller.
+//! Owns the cache directory (`<cache>/debs/<sha256>.deb`), the extract directory
+//! (`<build>/extract/<sha256>/`) and its lock file (`<build>/extract.lock`, held by
+//! [`fetch_all`] so parallel builds and tests never extract the same package at once). It must
+//! not assemble anything, write the lock, or print: it reports what it does through [`Event`]s
+//! and leaves the wording on screen to the caller.
 
 use crate::apt::{follow_depends, AptEnv, AptError, IndexEntry};
-use crate::lock::{LockedPackage, PackageSpec};
+use crate::lock::{Lock, LockedPackage, Manifest, PackageSpec};
 use crate::util::{describe, human_size, is_sha256, output_tail, sha256_file};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -94,6 +97,8 @@ pub enum Event {
     },
     /// A .deb was extracted.
     Extracted { package: String, version: String },
+    /// The pinned package was extracted completely before; nothing to do.
+    UpToDate { package: String, version: String },
 }
 
 impl fmt::Display for Event {
@@ -142,6 +147,9 @@ impl fmt::Display for Event {
                 write!(f, "{package} {version}: fetched ({})", human_size(*size))
             }
             Event::Extracted { package, version } => write!(f, "{package} {version}: extracted"),
+            Event::UpToDate { package, version } => {
+                write!(f, "{package} {version}: extracted, up to date")
+            }
         }
     }
 }
@@ -493,11 +501,87 @@ pub fn extract(
     Ok(dir)
 }
 
+/// Every package of a manifest, fetched, verified and extracted: manifest name → (the pin
+/// actually used, its extracted tree).
+#[derive(Debug, Clone, Default)]
+pub struct PackageSet {
+    pub packages: BTreeMap<String, (LockedPackage, PathBuf)>,
+}
+
+impl PackageSet {
+    /// The extracted tree of manifest entry `name`.
+    pub fn root(&self, name: &str) -> Option<&Path> {
+        self.packages.get(name).map(|(_, p)| p.as_path())
+    }
+    /// The pin used for manifest entry `name`.
+    pub fn pin(&self, name: &str) -> Option<&LockedPackage> {
+        self.packages.get(name).map(|(p, _)| p)
+    }
+}
+
+/// An exclusive lock on a file (released on drop), serialising fetch/extract and staging
+/// between processes that share a build directory (parallel tests, a build next to tests).
+#[derive(Debug)]
+pub struct DirLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl DirLock {
+    /// Blocks until `path` (created if missing) is locked by this process.
+    pub fn acquire(path: &Path) -> Result<Self, FetchError> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err(path)(io::Error::from(e)))?;
+        Ok(DirLock { _lock: lock })
+    }
+}
+
+/// Fetches (or takes from the cache) and extracts every package of `manifest` as pinned by
+/// `lock`, under `<extract_root>/`; holds `<extract_root>.lock` meanwhile so concurrent builds
+/// and tests never extract the same package at once.
+pub fn fetch_all(
+    index: &mut dyn PackageIndex,
+    cache: &DebCache,
+    extract_root: &Path,
+    manifest: &Manifest,
+    lock: &Lock,
+    report: &mut dyn FnMut(&Event),
+) -> Result<PackageSet, FetchError> {
+    let mut lock_path = extract_root.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let _guard = DirLock::acquire(Path::new(&lock_path))?;
+    let mut set = PackageSet::default();
+    for (name, spec) in &manifest.packages {
+        let locked = lock.entry_for(name);
+        if let Some(pin) = locked {
+            if let Some(dir) = extracted(extract_root, &pin.sha256) {
+                report(&Event::UpToDate {
+                    package: pin.name.clone(),
+                    version: pin.version.clone(),
+                });
+                set.packages.insert(name.clone(), (pin.clone(), dir));
+                continue;
+            }
+        }
+        let fetched = fetch(index, cache, name, spec, locked, report)?;
+        let dir = extract(extract_root, &fetched.package, &fetched.path, report)?;
+        set.packages.insert(name.clone(), (fetched.package, dir));
+    }
+    Ok(set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::util::sha256_bytes;
-    use std::collections::BTreeMap;
 
     /// An index in memory: package name → (entries, bytes of each version's .deb).
     #[derive(Default)]

@@ -43,6 +43,14 @@ impl Layout {
     pub fn os_config(&self) -> PathBuf {
         self.images().join("os-config.toml")
     }
+    /// What goes into `system.erofs` (`system::SystemManifest`).
+    pub fn system_manifest(&self) -> PathBuf {
+        self.images().join("system.toml")
+    }
+    /// The OCI archives of the system service images (`<name>.oci.tar`).
+    pub fn images_out(&self) -> PathBuf {
+        self.out().join("images")
+    }
     pub fn build(&self) -> PathBuf {
         self.root.join("build")
     }

@@ -1,14 +1,24 @@
 //! Library half of `cargo xtask`: reproducible image assembly from pinned Debian trixie packages.
 //!
 //! Data flows one way: `lock` (what to use) → `fetch` (through the isolated `apt`, into the
-//! sha256-keyed cache, extracted once) → `modules` and `assemble` (the kernel and initramfs in
-//! `build/out/`). Every path is passed in (see `layout`), so tests can point each layer at a
-//! temporary directory. Nothing here prints or uses `anyhow`; `main.rs` does both.
+//! sha256-keyed cache, extracted once) → `oci` (the system service images' OCI archives),
+//! `system` (containerd, runc and their `elf` library closure, resolved in the packages' merged
+//! `tree`, plus those archives, packed as `system.erofs`), `modules` and `assemble` (the kernel and
+//! the initramfs: a `cpio` segment holding `system.erofs`, then the zstd one) in `build/out/`.
+//! `hostctr` runs the image's containerd on the build host for integration tests. Every path is
+//! passed in (see `layout`), so tests can point each layer at a temporary directory. Nothing here
+//! prints or uses `anyhow`; `main.rs` does both.
 
 pub mod apt;
 pub mod assemble;
+pub mod cpio;
+pub mod elf;
 pub mod fetch;
+pub mod hostctr;
 pub mod layout;
 pub mod lock;
 pub mod modules;
+pub mod oci;
+pub mod system;
+pub mod tree;
 pub mod util;

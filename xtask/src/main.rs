@@ -8,7 +8,6 @@ mod run;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -17,12 +16,14 @@ use xtask::assemble::{self, InitrdPlan, Outcome};
 use xtask::fetch::{self, DebCache, Event};
 use xtask::layout::Layout;
 use xtask::lock::{Lock, LockedPackage, Manifest, Role};
+use xtask::oci::{self, ImageInputs};
+use xtask::system::{self, Extra, SystemPlan};
 use xtask::util::human_size;
 
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "ros image build: pinned Debian packages → kernel + initramfs"
+    about = "ros image build: pinned Debian packages → kernel, initramfs, system.erofs, OCI images"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,7 +32,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Assemble build/out/vmlinuz and build/out/initrd.img (only what changed).
+    /// Assemble build/out/{vmlinuz,initrd.img,system.erofs,images/*.oci.tar} (only what changed).
     Build(BuildArgs),
     /// Resolve images/packages.toml against Debian trixie's index and rewrite images/packages.lock.
     Relock,
@@ -92,31 +93,27 @@ fn build(args: BuildArgs) -> Result<()> {
     let mut report = |e: &Event| println!("  {e}");
 
     println!("packages (cache {}):", cache.dir().display());
-    let mut trees: BTreeMap<String, (LockedPackage, PathBuf)> = BTreeMap::new();
-    for (name, spec) in &manifest.packages {
-        let locked = lock.entry_for(name);
-        if let Some(pin) = locked {
-            if let Some(dir) = fetch::extracted(&layout.extract(), &pin.sha256) {
-                println!("  {} {}: extracted, up to date", pin.name, pin.version);
-                trees.insert(name.clone(), (pin.clone(), dir));
-                continue;
-            }
-        }
-        let fetched = fetch::fetch(&mut apt, &cache, name, spec, locked, &mut report)?;
-        let dir = fetch::extract(
-            &layout.extract(),
-            &fetched.package,
-            &fetched.path,
-            &mut report,
-        )?;
-        trees.insert(name.clone(), (fetched.package, dir));
-    }
-    let tree = |role: Role| -> Result<&(LockedPackage, PathBuf)> {
+    let packages = fetch::fetch_all(
+        &mut apt,
+        &cache,
+        &layout.extract(),
+        &manifest,
+        &lock,
+        &mut report,
+    )?;
+    let tree = |role: Role| -> Result<(&LockedPackage, &std::path::Path)> {
         let (name, _) = manifest.with_role(role, &manifest_path)?;
-        trees.get(name).context("package missing after fetch")
+        let (pin, root) = packages
+            .packages
+            .get(name)
+            .context("package missing after fetch")?;
+        Ok((pin, root.as_path()))
     };
     let (kernel_pkg, kernel_root) = tree(Role::Kernel)?;
     let (busybox_pkg, busybox_root) = tree(Role::Busybox)?;
+    let epoch = assemble::source_date_epoch();
+    let tool = assemble::tool_hash();
+    let version = env!("CARGO_PKG_VERSION");
 
     let k = assemble::kernel(&layout, kernel_pkg, kernel_root)?;
     match k.outcome {
@@ -137,25 +134,88 @@ fn build(args: BuildArgs) -> Result<()> {
         Ok(v) => v.parse().with_context(|| format!("ROS_ZSTD_LEVEL={v}"))?,
         Err(_) => ZSTD_LEVEL,
     };
+    // The system service images, then the system image that ships them.
+    let inputs = ImageInputs {
+        ros: &ros,
+        packages: &packages,
+        version,
+        epoch,
+    };
+    let mut extras = Vec::new();
+    for image in oci::discover(&layout.images())? {
+        let r = oci::ensure(&layout, &image, &inputs, &tool)?;
+        match (&r.outcome, &r.details) {
+            (Outcome::Built, Some(d)) => println!(
+                "{} {} ({}): {} entries, {} unpacked",
+                layout.display(&r.path),
+                human_size(r.size),
+                r.reference,
+                d.entries,
+                human_size(d.unpacked)
+            ),
+            _ => println!(
+                "{} up to date (inputs unchanged): {} ({})",
+                layout.display(&r.path),
+                human_size(r.size),
+                r.reference
+            ),
+        }
+        extras.push(Extra {
+            source: r.path.clone(),
+            target: format!("{}/{}.oci.tar", system::IMAGES_DIR, image.name),
+        });
+    }
+    let packing = Instant::now();
+    let s = system::build(
+        &layout,
+        &SystemPlan {
+            manifest_path: &layout.system_manifest(),
+            packages: &packages,
+            extras: &extras,
+            epoch,
+            tool: tool.clone(),
+        },
+    )?;
+    match &s.staged {
+        Some(st) => println!(
+            "{} {} (erofs lz4hc, {} files, {} staged, packed in {:.1}s): {}; libraries: {}",
+            layout.display(&s.path),
+            human_size(s.size),
+            st.files,
+            human_size(st.bytes),
+            packing.elapsed().as_secs_f64(),
+            st.binaries.join(" "),
+            st.libraries
+                .values()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        None => println!(
+            "{} up to date (inputs unchanged): {}",
+            layout.display(&s.path),
+            human_size(s.size)
+        ),
+    }
+
     let plan = InitrdPlan {
         ros: &ros,
         kernel: (kernel_pkg, kernel_root),
         busybox: (busybox_pkg, busybox_root),
         modules_list: &layout.modules_list(),
         os_config: &layout.os_config(),
-        version: env!("CARGO_PKG_VERSION"),
-        epoch: assemble::source_date_epoch(),
+        version,
+        epoch,
         zstd_level,
-        tool: assemble::tool_hash(),
+        tool,
+        system: Some(&s.path),
     };
     let packing = Instant::now();
     let i = assemble::initrd(&layout, &plan)?;
     match i.outcome {
-        Outcome::UpToDate => println!(
-            "{} up to date (inputs unchanged): {}",
-            layout.display(&i.path),
-            human_size(i.size)
-        ),
+        Outcome::UpToDate => println!("{} (up to date, inputs unchanged)", i.describe(&layout)),
         Outcome::Built => println!(
             "{} (staged and packed in {:.1}s)",
             i.describe(&layout),
