@@ -34,13 +34,21 @@ pub const RUNTIME_MEMORY_MIN: u64 = 32 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("cgroup {path}: {what}: {source}")]
-    Io { path: PathBuf, what: &'static str, source: io::Error },
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("limits.user.memory: {percent}% of MemTotal: cannot read MemTotal from {path}")]
     MemTotal { percent: u8, path: PathBuf },
 }
 
 fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { path: path.to_path_buf(), what, source }
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
 }
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -57,8 +65,11 @@ fn available(dir: &Path) -> Vec<String> {
 /// Enables our controllers for the children of `dir`, as far as `dir` has them.
 fn delegate(dir: &Path) -> Result<(), CgroupError> {
     let have = available(dir);
-    let wanted: Vec<String> =
-        CONTROLLERS.iter().filter(|c| have.iter().any(|h| h == *c)).map(|c| format!("+{c}")).collect();
+    let wanted: Vec<String> = CONTROLLERS
+        .iter()
+        .filter(|c| have.iter().any(|h| h == *c))
+        .map(|c| format!("+{c}"))
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -97,8 +108,13 @@ pub fn fence_memory(limit: UserMemory, meminfo_path: &Path) -> Result<u64, Cgrou
     match limit {
         UserMemory::Bytes(b) => Ok(b),
         UserMemory::Percent(p) => {
-            let total = fs::read_to_string(meminfo_path).ok().and_then(|t| mem_total(&t));
-            let total = total.ok_or_else(|| CgroupError::MemTotal { percent: p, path: meminfo_path.into() })?;
+            let total = fs::read_to_string(meminfo_path)
+                .ok()
+                .and_then(|t| mem_total(&t));
+            let total = total.ok_or_else(|| CgroupError::MemTotal {
+                percent: p,
+                path: meminfo_path.into(),
+            })?;
             Ok(total / 100 * u64::from(p))
         }
     }
@@ -106,7 +122,11 @@ pub fn fence_memory(limit: UserMemory, meminfo_path: &Path) -> Result<u64, Cgrou
 
 /// Applies the reservations and the fence's limits. Writes only files the kernel offers, so a
 /// kernel without a controller degrades to fewer guarantees instead of failing boot.
-pub fn apply_limits(root: &Path, limits: &UserLimits, meminfo_path: &Path) -> Result<(), CgroupError> {
+pub fn apply_limits(
+    root: &Path,
+    limits: &UserLimits,
+    meminfo_path: &Path,
+) -> Result<(), CgroupError> {
     let set = |rel: &str, file: &str, value: String| -> Result<(), CgroupError> {
         let path = root.join(rel).join(file);
         if path.exists() {
@@ -116,7 +136,11 @@ pub fn apply_limits(root: &Path, limits: &UserLimits, meminfo_path: &Path) -> Re
     };
     set(SYSTEM, "memory.min", SYSTEM_MEMORY_MIN.to_string())?;
     set(RUNTIME, "memory.min", RUNTIME_MEMORY_MIN.to_string())?;
-    set(USER, "memory.max", fence_memory(limits.memory, meminfo_path)?.to_string())?;
+    set(
+        USER,
+        "memory.max",
+        fence_memory(limits.memory, meminfo_path)?.to_string(),
+    )?;
     set(USER, "pids.max", limits.pids.to_string())?;
     // Under contention workloads together weigh as much as one default cgroup, i.e. no more
     // than the OS side.
@@ -131,7 +155,11 @@ mod tests {
     /// A fake cgroup root: directories with the files the kernel would offer.
     fn fake_root() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma misc\n").unwrap();
+        fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma misc\n",
+        )
+        .unwrap();
         dir
     }
 
@@ -140,14 +168,31 @@ mod tests {
         let root = fake_root();
         // Inner nodes offer what their parent enabled; simulate the kernel for `ros`.
         fs::create_dir_all(root.path().join("ros")).unwrap();
-        fs::write(root.path().join("ros/cgroup.controllers"), "cpu io memory pids\n").unwrap();
+        fs::write(
+            root.path().join("ros/cgroup.controllers"),
+            "cpu io memory pids\n",
+        )
+        .unwrap();
         create_layout(root.path()).unwrap();
         for leaf in [INIT, SYSTEM_CONTAINERD, RUNTIME_CONTAINERD, USER] {
             assert!(root.path().join(leaf).is_dir(), "{leaf}");
         }
-        assert_eq!(fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(), "+cpu +io +memory +pids");
-        assert_eq!(fs::read_to_string(root.path().join("ros/cgroup.subtree_control")).unwrap(), "+cpu +io +memory +pids");
-        assert!(!root.path().join(SYSTEM).join("cgroup.subtree_control").exists(), "nothing offered, nothing written");
+        assert_eq!(
+            fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(),
+            "+cpu +io +memory +pids"
+        );
+        assert_eq!(
+            fs::read_to_string(root.path().join("ros/cgroup.subtree_control")).unwrap(),
+            "+cpu +io +memory +pids"
+        );
+        assert!(
+            !root
+                .path()
+                .join(SYSTEM)
+                .join("cgroup.subtree_control")
+                .exists(),
+            "nothing offered, nothing written"
+        );
     }
 
     #[test]
@@ -155,16 +200,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meminfo = dir.path().join("meminfo");
         fs::write(&meminfo, "MemTotal:        1000000 kB\nMemFree:  5 kB\n").unwrap();
-        assert_eq!(fence_memory(UserMemory::Percent(75), &meminfo).unwrap(), 1_024_000_000 / 100 * 75);
+        assert_eq!(
+            fence_memory(UserMemory::Percent(75), &meminfo).unwrap(),
+            1_024_000_000 / 100 * 75
+        );
         assert_eq!(fence_memory(UserMemory::Bytes(42), &meminfo).unwrap(), 42);
         let err = fence_memory(UserMemory::Percent(50), &dir.path().join("nope")).unwrap_err();
-        assert!(err.to_string().starts_with("limits.user.memory: 50% of MemTotal"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("limits.user.memory: 50% of MemTotal"),
+            "{err}"
+        );
     }
 
     #[test]
     fn limits_are_written_where_the_kernel_offers_them() {
         let root = tempfile::tempdir().unwrap();
-        for (rel, files) in [(SYSTEM, vec!["memory.min"]), (RUNTIME, vec!["memory.min"]), (USER, vec!["memory.max", "pids.max", "cpu.weight"])] {
+        for (rel, files) in [
+            (SYSTEM, vec!["memory.min"]),
+            (RUNTIME, vec!["memory.min"]),
+            (USER, vec!["memory.max", "pids.max", "cpu.weight"]),
+        ] {
             fs::create_dir_all(root.path().join(rel)).unwrap();
             for f in files {
                 fs::write(root.path().join(rel).join(f), "").unwrap();
@@ -172,7 +228,11 @@ mod tests {
         }
         let meminfo = root.path().join("meminfo");
         fs::write(&meminfo, "MemTotal: 2048 kB\n").unwrap();
-        let limits = UserLimits { max_containers: 5, memory: UserMemory::Bytes(1 << 30), pids: 300 };
+        let limits = UserLimits {
+            max_containers: 5,
+            memory: UserMemory::Bytes(1 << 30),
+            pids: 300,
+        };
         apply_limits(root.path(), &limits, &meminfo).unwrap();
         let read = |p: &str| fs::read_to_string(root.path().join(p)).unwrap();
         assert_eq!(read("ros/user/memory.max"), (1u64 << 30).to_string());

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod cgroups;
 pub mod cli;
 pub mod config;
+pub mod net;
 pub mod power;
 pub mod runtime;
 pub mod supervisor;

@@ -1,11 +1,12 @@
 //! Shutdown, reboot, halt and poweroff: the signal convention of sysvinit/busybox and the ordered
 //! shutdown that ends in `reboot(2)`.
 //!
-//! Owns the order: stop every process (TERM, grace period, KILL), sync, unmount every
-//! filesystem that holds data (remount read-only what will not unmount), then `reboot(2)`. It
-//! never returns and never exits: PID 1 exiting is a kernel panic.
+//! Owns the order: release DHCP leases, stop every process (TERM, grace period, KILL), sync,
+//! unmount every filesystem that holds data (remount read-only what will not unmount), then
+//! `reboot(2)`. It never returns and never exits: PID 1 exiting is a kernel panic.
 
 use crate::boot::{kmsg, mounts};
+use crate::net::NetService;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::reboot::RebootMode;
 use nix::sys::signal::Signal;
@@ -52,6 +53,9 @@ impl PowerAction {
 
 /// Grace period between SIGTERM and SIGKILL for the processes left at shutdown.
 const TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for the DHCP clients to release their leases.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
 
 /// Waits until no child is left or `limit` passes, reaping as it goes. True when none is left.
 fn wait_children_gone(reap: &mut dyn FnMut(), limit: Duration) -> bool {
@@ -101,9 +105,23 @@ fn unmount_all() -> (usize, usize) {
 }
 
 /// The ordered shutdown. `reap` collects exited children (PID 1's reaper); `shells` are the
-/// interactive shells PID 1 runs, which ignore SIGTERM and get SIGHUP (a tty hang-up) instead.
-pub fn shutdown(action: PowerAction, reap: &mut dyn FnMut(), shells: &[Pid]) -> ! {
+/// interactive shells PID 1 runs, which ignore SIGTERM and get SIGHUP (a tty hang-up) instead;
+/// `network`, when it runs, releases its DHCP leases first (bounded by `RELEASE_GRACE`).
+pub fn shutdown(
+    action: PowerAction,
+    reap: &mut dyn FnMut(),
+    shells: &[Pid],
+    network: Option<&NetService>,
+) -> ! {
     kmsg::console(&format!("shutdown: {} requested", action.name()));
+    if let Some(net) = network {
+        if !net.release(RELEASE_GRACE) {
+            log::warn!(
+                "shutdown: DHCP leases not all released within {}s",
+                RELEASE_GRACE.as_secs()
+            );
+        }
+    }
     for pid in shells {
         let _ = nix::sys::signal::kill(*pid, Signal::SIGHUP);
     }

@@ -1,6 +1,10 @@
 //! PID 1's sequence: stage 1 in the initramfs (API mounts, switch_root, re-exec), stage 2 in
-//! the tmpfs root (mounts, cmdline, modules, config, kernel settings, `ready`), then the serve
-//! loop (signals, reaping, shells). A boot error or a panic ends in the recovery shell.
+//! the tmpfs root (mounts, cmdline, modules, config, kernel settings, network, `ready`), then the
+//! serve loop (signals, reaping, shells). A boot error or a panic ends in the recovery shell.
+//!
+//! The network runs in its own tokio runtime (background threads, started in the `network`
+//! phase, kept until `reboot(2)` so DHCP renewals go on); the serve loop, the signalfd and the
+//! one reaper stay in the main thread.
 //!
 //! Owns the phase order and the console lines `ros: phase NAME X.XXXs`, `ros: ready in X.XXXs`,
 //! `ros: config error: …`, `ros: recovery shell: …`. It never returns, never exits and never
@@ -12,6 +16,7 @@ use super::switch_root::{self, SwitchRootError};
 use super::sys::LinuxSys;
 use super::{config_sources, kmsg, modules};
 use crate::config::Config;
+use crate::net::{self, NetService};
 use crate::power::{self, PowerAction};
 use crate::supervisor::reaper::{Reaped, Reaper};
 use crate::supervisor::shell;
@@ -106,8 +111,9 @@ fn run() -> Result<Infallible, BootError> {
     phase("modules", load_boot_modules);
     let config = phase("config", || load_config(&cmdline));
     phase("kernel", || apply_kernel(&config));
+    let network = phase("network", || start_network(&config));
     kmsg::console(&format!("ready in {:.3}s", kmsg::uptime()));
-    serve(&signals, &reaper, &mut shells)
+    serve(&signals, &reaper, &mut shells, network.as_ref())
 }
 
 fn load_boot_modules() {
@@ -161,6 +167,33 @@ fn apply_kernel(config: &Config) {
     if let Err(e) = nix::unistd::sethostname(&config.hostname) {
         log::error!("hostname {}: {e}", config.hostname);
     }
+}
+
+/// Brings the network up (lo, then every interface in parallel) and waits as `network.wait`
+/// says, at most `network.wait_timeout_s`; a timeout is a warning, never a hang. `None` when the
+/// network could not start at all (logged); boot goes on.
+fn start_network(config: &Config) -> Option<NetService> {
+    let service = match NetService::start(net::Settings::from_config(config)) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("network: {e}");
+            return None;
+        }
+    };
+    for e in service.network().config_errors() {
+        kmsg::console(&format!("config error: {e}"));
+    }
+    let timeout = Duration::from_secs(config.network.wait_timeout_s);
+    let outcome = service.wait(config.network.wait, timeout);
+    match outcome.warning() {
+        Some(warning) => log::warn!("{warning}"),
+        None => log::info!(
+            "network: up in {:.3}s: {}",
+            outcome.elapsed.as_secs_f64(),
+            outcome.up.join(", ")
+        ),
+    }
+    Some(service)
 }
 
 /// PID 1's signals: all blocked, taken one by one from a signalfd in the serve loop.
@@ -265,7 +298,12 @@ fn handle_reaped(reaped: Vec<Reaped<Owner>>, shells: &mut Shells) {
 }
 
 /// The serve loop: reap, respawn shells, and turn power signals into an ordered shutdown.
-fn serve(signals: &Signals, reaper: &Reaper<Owner>, shells: &mut Shells) -> ! {
+fn serve(
+    signals: &Signals,
+    reaper: &Reaper<Owner>,
+    shells: &mut Shells,
+    network: Option<&NetService>,
+) -> ! {
     loop {
         for sig in signals.wait(Duration::from_millis(500)) {
             if let Some(action) = PowerAction::from_signal(sig) {
@@ -275,6 +313,7 @@ fn serve(signals: &Signals, reaper: &Reaper<Owner>, shells: &mut Shells) -> ! {
                         let _ = reaper.reap();
                     },
                     &shells.pids(),
+                    network,
                 );
             }
         }
@@ -318,7 +357,7 @@ fn recovery(reason: &str) -> ! {
     match Signals::block() {
         Ok(signals) => {
             shells.respawn_due(&reaper);
-            serve(&signals, &reaper, &mut shells)
+            serve(&signals, &reaper, &mut shells, None)
         }
         Err(e) => {
             log::error!("recovery: {e}; shell without signal handling");

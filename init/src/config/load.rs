@@ -98,7 +98,7 @@ pub fn effective(layers: &[Layer]) -> Result<Config, ConfigError> {
             reason: "missing (expected version = 1)".into(),
         });
     }
-    let config: Config = layers::deserialize_raw(toml::Value::Table(merged)).map_err(|f| {
+    let mut config: Config = layers::deserialize_raw(toml::Value::Table(merged)).map_err(|f| {
         blame(&all, &f.path, |key, line, source_name| {
             ConfigError::Schema {
                 key,
@@ -118,6 +118,7 @@ pub fn effective(layers: &[Layer]) -> Result<Config, ConfigError> {
             }
         })
     })?;
+    config.hostname_set = layers.iter().any(|l| l.table().contains_key("hostname"));
     Ok(config)
 }
 
@@ -329,6 +330,20 @@ mod tests {
         assert_eq!(c.kernel.modules, ["overlay"]);
         assert_eq!(c.sysctl["vm.swappiness"], "10");
         assert_eq!(c.sysctl["net.ipv4.ip_forward"], "1");
+    }
+
+    #[test]
+    fn hostname_set_tells_a_configured_name_from_the_default() {
+        assert!(!effective(&[]).is_ok_and(|c| c.hostname_set));
+        let other = layer("image", "[kernel]\nmodules = [\"x\"]\n");
+        assert!(effective(&[other]).is_ok_and(|c| !c.hostname_set));
+        // Even the default's own value counts once a layer names it.
+        let named = layer("fw_cfg", "hostname = \"ros\"\n");
+        assert!(effective(&[named]).is_ok_and(|c| c.hostname_set && c.hostname == "ros"));
+        let cmdline = Layer::from_cmdline(&[("hostname".into(), "n1".into())]);
+        assert!(cmdline
+            .and_then(|l| effective(&[l]))
+            .is_ok_and(|c| c.hostname_set && c.hostname == "n1"));
     }
 
     #[test]

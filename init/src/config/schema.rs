@@ -43,6 +43,11 @@ pub struct Config {
     pub version: u32,
     /// RFC 1123 host name, at most 64 characters.
     pub hostname: String,
+    /// Whether a layer above the compiled-in defaults set `hostname`. Not a key of the file
+    /// (serde skips it, so it is neither accepted nor exported): `load::effective` fills it in,
+    /// and DHCP may name the host only when it is false.
+    #[serde(skip)]
+    pub hostname_set: bool,
     /// Kernel modules to load.
     pub kernel: Kernel,
     /// sysctl key (`net.ipv4.ip_forward`) to value.
@@ -67,6 +72,7 @@ impl Default for Config {
         Config {
             version: VERSION,
             hostname: "ros".to_string(),
+            hostname_set: false,
             kernel: Kernel::default(),
             sysctl: BTreeMap::new(),
             storage: Storage::default(),
