@@ -128,6 +128,9 @@ fn invalid_config_still_boots_names_key_and_line_and_halt_halts() {
         "ros\n",
         "the bad layer is skipped; defaults apply"
     );
+    // The defaults run DHCP on every Ethernet NIC: QEMU's user network hands out 10.0.2.15.
+    let addr = vm.succeed("ip addr show dev eth0").unwrap();
+    assert!(addr.contains("inet 10.0.2.15/24"), "{addr}");
 
     vm.send("halt").unwrap();
     vm.wait_for_console("ros: shutdown complete", Duration::from_secs(60))
@@ -248,14 +251,15 @@ fn scripts_run_exec_prints_init_name_and_hostname() {
         .set_len(8 << 20)
         .unwrap();
     let out = Command::new(repo_root().join("scripts/run"))
-        .args(["--mem", "512", "--append", "ros.sysctl.vm.swappiness=21 ros.hostname=opt-node", "--disk"])
+        .args(["--mem", "512", "--append", "ros.sysctl.vm.swappiness=21 ros.hostname=opt-node"])
+        .args(["--nic", "user,mac=52:54:00:00:00:99", "--disk"])
         .arg(&disk)
-        .args(["--exec", "hostname; cat /proc/sys/vm/swappiness; cat /sys/block/vda/size; awk '/MemTotal/{print ($2 < 524288)}' /proc/meminfo; exit 3"])
+        .args(["--exec", "hostname; cat /proc/sys/vm/swappiness; cat /sys/block/vda/size; awk '/MemTotal/{print ($2 < 524288)}' /proc/meminfo; cat /sys/class/net/eth0/address; exit 3"])
         .output()
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "opt-node\n21\n16384\n1\n"
+        "opt-node\n21\n16384\n1\n52:54:00:00:00:99\n"
     );
     assert_eq!(
         out.status.code(),

@@ -1,4 +1,23 @@
-//! The container runtime side of ros: OCI specs now; the containerd client (images, tasks,
-//! logs) arrives with the containerd issue.
+//! The container runtime side of ros: the containerd client PID 1 uses to run OS services in
+//! the system instance and workloads in the user instance (DESIGN.md "containerd: two
+//! instances, two namespaces"; docs/runtime.md).
+//!
+//! - [`daemon`]: the two instances' paths, config file, command line and readiness wait (it
+//!   never spawns containerd; PID 1 does, through its reaper).
+//! - [`client`]: one connection, one namespace; the interceptor that stamps namespace and lease
+//!   headers on every request.
+//! - [`import`]: OCI archives into the content store, unpacked into snapshots; image configs.
+//! - [`containers`]: containers and their tasks: create, start, kill, wait, stop, delete, list.
+//! - [`logs`]: stdout/stderr FIFOs per task copied into rotated per-container log files.
+//! - [`spec`]: OCI runtime specs (pure).
+//!
+//! Nothing here spawns a process or waits for a child.
 
+pub mod client;
+pub mod containers;
+pub mod daemon;
+pub mod import;
+pub mod logs;
 pub mod spec;
+
+pub use client::{Client, ClientError};
