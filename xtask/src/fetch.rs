@@ -8,7 +8,8 @@
 //! and leaves the wording on screen to the caller.
 
 use crate::apt::{follow_depends, AptEnv, AptError, IndexEntry};
-use crate::lock::{Lock, LockedPackage, Manifest, PackageSpec};
+use crate::layout::Layout;
+use crate::lock::{Lock, LockError, LockedPackage, Manifest, PackageSpec};
 use crate::util::{describe, human_size, is_sha256, output_tail, sha256_file};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -542,6 +543,37 @@ impl DirLock {
             .map_err(|(_, e)| io_err(path)(io::Error::from(e)))?;
         Ok(DirLock { _lock: lock })
     }
+}
+
+/// Why [`fetch_pinned`] failed: reading the manifest or lock, or fetching.
+#[derive(Debug, thiserror::Error)]
+pub enum PinnedError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+/// What `cargo xtask build` fetches for the checkout at `layout`: its manifest and lock, the
+/// shared download cache (`ROS_CACHE_DIR`), its isolated apt state and extract directory.
+/// Returns the manifest with the fetched set, for the build and for tests that need packages.
+pub fn fetch_pinned(
+    layout: &Layout,
+    report: &mut dyn FnMut(&Event),
+) -> Result<(Manifest, PackageSet), PinnedError> {
+    let manifest = Manifest::load(&layout.manifest())?;
+    let lock = Lock::load_or_empty(&layout.lock())?;
+    let cache = DebCache::from_env()?;
+    let mut apt = AptEnv::new(layout.apt());
+    let set = fetch_all(
+        &mut apt,
+        &cache,
+        &layout.extract(),
+        &manifest,
+        &lock,
+        report,
+    )?;
+    Ok((manifest, set))
 }
 
 /// Fetches (or takes from the cache) and extracts every package of `manifest` as pinned by

@@ -86,21 +86,12 @@ fn build(args: BuildArgs) -> Result<()> {
     println!("ros binary: {}", layout.display(&ros));
 
     let manifest_path = layout.manifest();
-    let manifest = Manifest::load(&manifest_path)?;
-    let lock = Lock::load_or_empty(&layout.lock())?;
-    let cache = DebCache::from_env()?;
-    let mut apt = AptEnv::new(layout.apt());
     let mut report = |e: &Event| println!("  {e}");
-
-    println!("packages (cache {}):", cache.dir().display());
-    let packages = fetch::fetch_all(
-        &mut apt,
-        &cache,
-        &layout.extract(),
-        &manifest,
-        &lock,
-        &mut report,
-    )?;
+    println!(
+        "packages (cache {}):",
+        DebCache::from_env()?.dir().display()
+    );
+    let (manifest, packages) = fetch::fetch_pinned(&layout, &mut report)?;
     let tree = |role: Role| -> Result<(&LockedPackage, &std::path::Path)> {
         let (name, _) = manifest.with_role(role, &manifest_path)?;
         let (pin, root) = packages

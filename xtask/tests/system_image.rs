@@ -6,27 +6,15 @@
 
 use std::fs;
 use std::path::Path;
-use xtask::apt::AptEnv;
 use xtask::elf::{self, ElfError};
-use xtask::fetch::{self, DebCache, PackageSet};
+use xtask::fetch::{self, PackageSet};
 use xtask::layout::Layout;
-use xtask::lock::{Lock, Manifest};
 use xtask::system::{self, SystemError, SystemManifest};
 
 fn packages(layout: &Layout) -> PackageSet {
-    let manifest = Manifest::load(&layout.manifest()).unwrap();
-    let lock = Lock::load_or_empty(&layout.lock()).unwrap();
-    let cache = DebCache::from_env().unwrap();
-    let mut apt = AptEnv::new(layout.apt());
-    fetch::fetch_all(
-        &mut apt,
-        &cache,
-        &layout.extract(),
-        &manifest,
-        &lock,
-        &mut |e| eprintln!("  {e}"),
-    )
-    .unwrap()
+    fetch::fetch_pinned(layout, &mut |e| eprintln!("  {e}"))
+        .unwrap()
+        .1
 }
 
 #[test]
