@@ -104,16 +104,20 @@ fn unmount_all() -> (usize, usize) {
     (gone, ro)
 }
 
-/// The ordered shutdown. `reap` collects exited children (PID 1's reaper); `shells` are the
-/// interactive shells PID 1 runs, which ignore SIGTERM and get SIGHUP (a tty hang-up) instead;
-/// `network`, when it runs, releases its DHCP leases first (bounded by `RELEASE_GRACE`).
+/// The ordered shutdown. `reap` collects exited children (PID 1's reaper); `stop_containers`
+/// stops the containers and the containerd daemons in order (bounded by the caller);
+/// `shells` are the interactive shells PID 1 runs, which ignore SIGTERM and get SIGHUP (a tty
+/// hang-up) instead; `network`, when it runs, releases its DHCP leases (bounded by
+/// `RELEASE_GRACE`).
 pub fn shutdown(
     action: PowerAction,
     reap: &mut dyn FnMut(),
+    stop_containers: &mut dyn FnMut(),
     shells: &[Pid],
     network: Option<&NetService>,
 ) -> ! {
     kmsg::console(&format!("shutdown: {} requested", action.name()));
+    stop_containers();
     if let Some(net) = network {
         if !net.release(RELEASE_GRACE) {
             log::warn!(

@@ -8,8 +8,10 @@
 pub mod cmdline;
 pub mod config_sources;
 pub mod kmsg;
+pub mod loopdev;
 pub mod modules;
 pub mod mounts;
 pub mod pid1;
 pub mod switch_root;
 pub mod sys;
+pub mod sysimage;

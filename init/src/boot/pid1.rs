@@ -1,6 +1,8 @@
 //! PID 1's sequence: stage 1 in the initramfs (API mounts, switch_root, re-exec), stage 2 in
-//! the tmpfs root (mounts, cmdline, modules, config, kernel settings, network, `ready`), then the
-//! serve loop (signals, reaping, shells). A boot error or a panic ends in the recovery shell.
+//! the tmpfs root (mounts, cgroups, cmdline, modules, config, kernel settings, network, runtime —
+//! the system image, both containerds and the services —, `ready`, then the workloads in the
+//! background), then the serve loop (signals, reaping, shells, containerd restarts). A boot
+//! error or a panic ends in the recovery shell.
 //!
 //! The network runs in its own tokio runtime (background threads, started in the `network`
 //! phase, kept until `reboot(2)` so DHCP renewals go on); the serve loop, the signalfd and the
@@ -14,12 +16,16 @@ use super::cmdline::{self, Cmdline};
 use super::mounts::{self, MountError};
 use super::switch_root::{self, SwitchRootError};
 use super::sys::LinuxSys;
-use super::{config_sources, kmsg, modules};
+use super::{config_sources, kmsg, modules, sysimage};
+use crate::cgroups;
 use crate::config::Config;
 use crate::net::{self, NetService};
 use crate::power::{self, PowerAction};
+use crate::runtime::daemon::Instance;
+use crate::supervisor::daemons::Daemons;
+use crate::supervisor::fleet::{self, Fleet};
 use crate::supervisor::reaper::{Reaped, Reaper};
-use crate::supervisor::shell;
+use crate::supervisor::{shell, Owner};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -39,12 +45,6 @@ pub enum BootError {
     SwitchRoot(#[from] SwitchRootError),
     #[error("signal setup: {0}")]
     Signals(nix::errno::Errno),
-}
-
-/// Who owns a child of PID 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Owner {
-    Shell(String),
 }
 
 /// Modules that the config sources and the state disk need before the config is read.
@@ -102,6 +102,9 @@ fn run() -> Result<Infallible, BootError> {
     phase("mounts", || {
         mounts::mount_missing(&LinuxSys, &mounts::early_plan(), &mounts::current())
     })?;
+    // Before any child exists, so the shells and everything else PID 1 forks start in
+    // /ros/init with it.
+    init_cgroups();
     let cmdline = phase("cmdline", || {
         let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
         cmdline::parse(&text)
@@ -112,8 +115,83 @@ fn run() -> Result<Infallible, BootError> {
     let config = phase("config", || load_config(&cmdline));
     phase("kernel", || apply_kernel(&config));
     let network = phase("network", || start_network(&config));
+    let mut runtime = phase("runtime", || start_runtime(&config, &reaper));
     kmsg::console(&format!("ready in {:.3}s", kmsg::uptime()));
-    serve(&signals, &reaper, &mut shells, network.as_ref())
+    if let Some(rt) = runtime.as_mut() {
+        rt.fleet.start_workloads(&config);
+    }
+    serve(
+        &signals,
+        &reaper,
+        &mut shells,
+        network.as_ref(),
+        runtime.as_mut(),
+    )
+}
+
+/// The cgroup layout (cgroups.rs), with PID 1 moved into its leaf `/ros/init`. A failure
+/// costs the fences, not the boot: logged.
+fn init_cgroups() {
+    let root = Path::new(cgroups::ROOT);
+    if let Err(e) = cgroups::create_layout(root) {
+        return log::error!("cgroups: {e}");
+    }
+    if let Err(e) = cgroups::enter(root, cgroups::INIT, std::process::id() as i32) {
+        log::error!("cgroups: {e}");
+    }
+}
+
+/// What runs containers: the two containerd daemons and the fleet of containers.
+struct Runtime {
+    fleet: Fleet,
+    daemons: Daemons,
+}
+
+/// The `runtime` phase: mounts the system image, applies the fence's limits, starts both
+/// containerds, imports the bundled images and starts the services (DESIGN.md step 8).
+/// Nothing here is fatal: a node whose containers cannot run still boots, with the error in
+/// the log, so the admin can reach it (the debug shell, later the API) and fix the config;
+/// `None` when containerd cannot run at all.
+fn start_runtime(config: &Config, reaper: &Reaper<Owner>) -> Option<Runtime> {
+    match sysimage::mount() {
+        Ok(dev) => log::info!(
+            "system image on {} mounted at {}",
+            dev.display(),
+            sysimage::MOUNT_POINT
+        ),
+        Err(e) => {
+            log::error!("{e}; no containers on this boot");
+            return None;
+        }
+    }
+    if let Err(e) = cgroups::apply_limits(
+        Path::new(cgroups::ROOT),
+        &config.limits.user,
+        Path::new("/proc/meminfo"),
+    ) {
+        log::error!("cgroups: {e}");
+    }
+    if let Err(e) = std::fs::create_dir_all(fleet::LOG_DIR) {
+        log::error!("{}: {e}", fleet::LOG_DIR);
+    }
+    let mut fleet = match Fleet::new() {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!("container runtime: {e}");
+            return None;
+        }
+    };
+    let mut daemons = Daemons::default();
+    for instance in [Instance::system(), Instance::user()] {
+        daemons.add(reaper, instance);
+    }
+    let system = Instance::system();
+    if fleet.wait_daemon(&system) {
+        fleet.import_bundled(&system, config);
+        fleet.start_services(config);
+    }
+    fleet.wait_daemon(&Instance::user());
+    Some(Runtime { fleet, daemons })
 }
 
 fn load_boot_modules() {
@@ -285,13 +363,21 @@ impl Shells {
     }
 }
 
-fn handle_reaped(reaped: Vec<Reaped<Owner>>, shells: &mut Shells) {
+fn handle_reaped(
+    reaped: Vec<Reaped<Owner>>,
+    shells: &mut Shells,
+    mut daemons: Option<&mut Daemons>,
+) {
     for r in reaped {
         match r.owner {
             Some(Owner::Shell(tty)) => {
                 log::info!("shell on /dev/{tty} ended ({})", r.exit);
                 shells.exited(&tty);
             }
+            Some(Owner::Containerd(name)) => match daemons.as_deref_mut() {
+                Some(d) => d.exited(name, r.exit),
+                None => log::warn!("containerd {} ended ({})", name.as_str(), r.exit),
+            },
             None => log::debug!("reaped orphan {} ({})", r.pid, r.exit),
         }
     }
@@ -303,21 +389,36 @@ fn serve(
     reaper: &Reaper<Owner>,
     shells: &mut Shells,
     network: Option<&NetService>,
+    mut runtime: Option<&mut Runtime>,
 ) -> ! {
     loop {
         for sig in signals.wait(Duration::from_millis(500)) {
             if let Some(action) = PowerAction::from_signal(sig) {
+                let pids = shells.pids();
                 power::shutdown(
                     action,
                     &mut || {
                         let _ = reaper.reap();
                     },
-                    &shells.pids(),
+                    &mut || {
+                        if let Some(rt) = runtime.as_deref_mut() {
+                            rt.fleet.shutdown();
+                            rt.daemons.stop(reaper);
+                        }
+                    },
+                    &pids,
                     network,
                 );
             }
         }
-        handle_reaped(reaper.reap(), shells);
+        handle_reaped(
+            reaper.reap(),
+            shells,
+            runtime.as_deref_mut().map(|r| &mut r.daemons),
+        );
+        if let Some(rt) = runtime.as_deref_mut() {
+            rt.daemons.respawn_due(reaper);
+        }
         shells.respawn_due(reaper);
     }
 }
@@ -357,12 +458,12 @@ fn recovery(reason: &str) -> ! {
     match Signals::block() {
         Ok(signals) => {
             shells.respawn_due(&reaper);
-            serve(&signals, &reaper, &mut shells, None)
+            serve(&signals, &reaper, &mut shells, None, None)
         }
         Err(e) => {
             log::error!("recovery: {e}; shell without signal handling");
             loop {
-                handle_reaped(reaper.reap(), &mut shells);
+                handle_reaped(reaper.reap(), &mut shells, None);
                 shells.respawn_due(&reaper);
                 std::thread::sleep(Duration::from_millis(500));
             }

@@ -13,6 +13,7 @@
 //!
 //! Nothing here spawns a process or waits for a child.
 
+pub mod bundled;
 pub mod client;
 pub mod containers;
 pub mod daemon;

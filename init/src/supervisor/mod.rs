@@ -1,7 +1,21 @@
-//! Supervision of PID 1's children: the single reaper and the shells PID 1 runs itself.
-//! (The service graph and restart policy arrive with the containerd issue.)
+//! Supervision of PID 1's children and containers: the single reaper, the shells PID 1 runs
+//! itself, the start/stop order (`graph`), the restart policy (`policy`) and the containers of
+//! services and workloads (`fleet`).
 
+pub mod daemons;
+pub mod fleet;
 pub mod graph;
 pub mod policy;
 pub mod reaper;
 pub mod shell;
+
+use crate::runtime::daemon::InstanceName;
+
+/// Who owns a child of PID 1 (the token registered with the reaper).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A shell on that tty.
+    Shell(String),
+    /// A containerd daemon.
+    Containerd(InstanceName),
+}

@@ -1,0 +1,635 @@
+//! The containers PID 1 runs: `[services.*]` in the system containerd (namespace `system`,
+//! cgroup `/ros/system/<name>`) and `[workloads.*]` in the user containerd (namespace `user`,
+//! cgroup `/ros/user/<name>`, inside the fence).
+//!
+//! Owns the tokio runtime the containerd clients live in, the start order (waves from
+//! `depends_on`; a one-shot must exit 0 before its dependents start), admission
+//! (`limits.user.max_containers`), one supervising task per container (wait for the task's exit,
+//! restart policy and backoff, a new task on the same container) and the ordered stop.
+//!
+//! Must not: spawn or wait for processes (containerd's shims run the containers; PID 1's reaper
+//! owns the containerd daemons). A containerd that goes away is waited for: each supervisor
+//! reconnects once it answers again and restarts its task if the task is gone.
+//!
+//! Limitations: `net = "bridge"` runs as `none` (a warning, once); images are the bundled ones
+//! only (no registry pull yet); restart counts live in memory.
+
+use crate::boot::{kmsg, sysimage};
+use crate::config::schema::{Container, Kind, NetMode};
+use crate::config::Config;
+use crate::runtime::containers::{parse_signal, NewContainer, TaskState};
+use crate::runtime::daemon::{self, Instance};
+use crate::runtime::logs::{LogSink, Rotation, Stream};
+use crate::runtime::{bundled, spec, Client};
+use crate::supervisor::graph;
+use crate::supervisor::policy::{self, Backoff, Ended};
+use nix::sys::signal::Signal;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Container logs (`<name>.log`) and the daemons' own logs.
+pub const LOG_DIR: &str = "/var/log/ros";
+/// The stdio FIFOs of tasks (a host path the shims see too).
+const IO_DIR: &str = "/run/ros/io";
+/// How long boot waits for a containerd to answer.
+pub const DAEMON_READY: Duration = Duration::from_secs(30);
+/// How long a wave waits for a one-shot to exit 0 (or a service to start).
+const WAVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Margin on top of `stop_timeout_s` before a stop is given up on.
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
+static BRIDGE_WARNED: AtomicBool = AtomicBool::new(false);
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Service => "service",
+        Kind::Workload => "workload",
+    }
+}
+
+/// Where one container stands, as its supervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Starting,
+    Running {
+        pid: u32,
+    },
+    /// Exited and not restarted (`ok`: status 0).
+    Done {
+        ok: bool,
+    },
+    /// Never got a task (image, spec or create failed).
+    Failed,
+}
+
+/// One supervised container.
+struct Unit {
+    name: String,
+    kind: Kind,
+    stop_timeout: Duration,
+    stop_tx: watch::Sender<bool>,
+    state_rx: watch::Receiver<State>,
+    restarts: Arc<Mutex<u32>>,
+    join: JoinHandle<()>,
+}
+
+/// What a supervisor needs to run one container.
+struct Job {
+    name: String,
+    kind: Kind,
+    container: Container,
+    socket: std::path::PathBuf,
+    namespace: &'static str,
+    image: String,
+    cgroups_path: String,
+}
+
+/// The containers of the node and the runtime their clients run in.
+pub struct Fleet {
+    rt: tokio::runtime::Runtime,
+    services: Vec<Unit>,
+    service_waves: Vec<Vec<String>>,
+    workloads: Arc<Mutex<Vec<Unit>>>,
+    workload_starter: Option<JoinHandle<()>>,
+}
+
+impl Fleet {
+    pub fn new() -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ros-containers")
+            .enable_all()
+            .build()?;
+        Ok(Fleet {
+            rt,
+            services: Vec::new(),
+            service_waves: Vec::new(),
+            workloads: Arc::new(Mutex::new(Vec::new())),
+            workload_starter: None,
+        })
+    }
+
+    /// Waits (bounded) for `instance` to answer; logs the outcome. True when it answers.
+    pub fn wait_daemon(&self, instance: &Instance) -> bool {
+        let started = Instant::now();
+        match self
+            .rt
+            .block_on(daemon::wait_ready(&instance.socket, DAEMON_READY))
+        {
+            Ok(version) => {
+                log::info!(
+                    "containerd {} {version} answers after {:.3}s",
+                    instance.name.as_str(),
+                    started.elapsed().as_secs_f64()
+                );
+                true
+            }
+            Err(e) => {
+                log::error!("containerd {}: {e}", instance.name.as_str());
+                false
+            }
+        }
+    }
+
+    /// Imports the bundled archives into the system containerd's `system` namespace: those the
+    /// enabled services name before returning, the others in the background (a config that
+    /// runs no containers does not wait for imports: ~2 s under TCG).
+    pub fn import_bundled(&self, instance: &Instance, config: &Config) {
+        let dir = Path::new(sysimage::ARCHIVES);
+        let needed: BTreeSet<std::path::PathBuf> = config
+            .services
+            .values()
+            .filter(|c| c.enabled)
+            .filter_map(|c| bundled::lookup(dir, &c.image))
+            .map(|b| b.archive)
+            .collect();
+        let (now, later): (Vec<bundled::Bundled>, Vec<bundled::Bundled>) = bundled::all(dir)
+            .into_iter()
+            .partition(|b| needed.contains(&b.archive));
+        let socket = instance.socket.clone();
+        let namespace = instance.namespace();
+        let import = |archives: Vec<bundled::Bundled>| async move {
+            if archives.is_empty() {
+                return;
+            }
+            match Client::connect(&socket, namespace).await {
+                Ok(client) => {
+                    for b in &archives {
+                        import_one(&client, b).await;
+                    }
+                }
+                Err(e) => log::error!("import: {e}"),
+            }
+        };
+        self.rt.block_on(import.clone()(now));
+        self.rt.spawn(import(later));
+    }
+
+    /// Starts the enabled services wave by wave; returns once every one is running (one-shots:
+    /// exited 0), failed, or `WAVE_TIMEOUT` passed for its wave. A service whose dependency
+    /// failed is not started.
+    pub fn start_services(&mut self, config: &Config) {
+        let enabled: BTreeMap<&String, &Container> =
+            config.services.iter().filter(|(_, c)| c.enabled).collect();
+        let deps: BTreeMap<String, Vec<String>> = enabled
+            .iter()
+            .map(|(n, c)| ((*n).clone(), c.depends_on.clone()))
+            .collect();
+        let waves = match graph::start_waves(&deps) {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("services: {e}; none started");
+                return;
+            }
+        };
+        let instance = Instance::system();
+        let mut failed: BTreeSet<String> = BTreeSet::new();
+        for wave in &waves {
+            let mut started = Vec::new();
+            for name in wave {
+                let Some(c) = enabled.get(name) else { continue };
+                if let Some(dep) = c.depends_on.iter().find(|d| failed.contains(*d)) {
+                    kmsg::console(&format!(
+                        "service {name}: not started: its dependency {dep} failed"
+                    ));
+                    failed.insert(name.clone());
+                    continue;
+                }
+                let image = bundled::lookup(Path::new(sysimage::ARCHIVES), &c.image)
+                    .map(|b| b.name)
+                    .unwrap_or_else(|| bundled::normalize(&c.image));
+                let job = Job {
+                    name: name.clone(),
+                    kind: Kind::Service,
+                    container: (*c).clone(),
+                    socket: instance.socket.clone(),
+                    namespace: instance.namespace(),
+                    image,
+                    cgroups_path: format!("/ros/system/{name}"),
+                };
+                let unit = spawn_unit(self.rt.handle(), job);
+                started.push((name.clone(), c.oneshot, unit.state_rx.clone()));
+                self.services.push(unit);
+            }
+            for (name, oneshot, rx) in started {
+                if !self.rt.block_on(settled(&name, rx, oneshot)) {
+                    failed.insert(name);
+                }
+            }
+        }
+        self.service_waves = waves;
+    }
+
+    /// Starts the enabled workloads in the background (DESIGN.md step 9: after `ready`, never
+    /// holding it back): waits for the user containerd, imports the bundled images they name,
+    /// admits at most `limits.user.max_containers`, then starts them wave by wave.
+    pub fn start_workloads(&mut self, config: &Config) {
+        let enabled: BTreeMap<String, Container> = config
+            .workloads
+            .iter()
+            .filter(|(_, c)| c.enabled)
+            .map(|(n, c)| (n.clone(), c.clone()))
+            .collect();
+        if enabled.is_empty() {
+            return;
+        }
+        let max = config.limits.user.max_containers as usize;
+        let units = self.workloads.clone();
+        let handle = self.rt.handle().clone();
+        self.workload_starter = Some(self.rt.spawn(async move {
+            let instance = Instance::user();
+            if let Err(e) = daemon::wait_ready(&instance.socket, DAEMON_READY).await {
+                log::error!("workloads not started: containerd user: {e}");
+                return;
+            }
+            let client = match Client::connect(&instance.socket, instance.namespace()).await {
+                Ok(c) => c,
+                Err(e) => return log::error!("workloads not started: {e}"),
+            };
+            let deps: BTreeMap<String, Vec<String>> = enabled
+                .iter()
+                .map(|(n, c)| (n.clone(), c.depends_on.clone()))
+                .collect();
+            let waves = match graph::start_waves(&deps) {
+                Ok(w) => w,
+                Err(e) => return log::error!("workloads: {e}; none started"),
+            };
+            let mut admitted = 0usize;
+            let mut imported: BTreeSet<std::path::PathBuf> = BTreeSet::new();
+            let mut failed: BTreeSet<String> = BTreeSet::new();
+            for wave in waves {
+                let mut started = Vec::new();
+                for name in wave {
+                    let Some(c) = enabled.get(&name) else { continue };
+                    if admitted >= max {
+                        kmsg::console(&format!(
+                            "workload {name}: not created: limits.user.max_containers = {max} reached"
+                        ));
+                        failed.insert(name);
+                        continue;
+                    }
+                    if let Some(dep) = c.depends_on.iter().find(|d| failed.contains(*d)) {
+                        kmsg::console(&format!(
+                            "workload {name}: not started: its dependency {dep} failed"
+                        ));
+                        failed.insert(name);
+                        continue;
+                    }
+                    admitted += 1;
+                    let image = match bundled::lookup(Path::new(sysimage::ARCHIVES), &c.image) {
+                        Some(b) => {
+                            if imported.insert(b.archive.clone()) {
+                                import_one(&client, &b).await;
+                            }
+                            b.name
+                        }
+                        None => bundled::normalize(&c.image),
+                    };
+                    let job = Job {
+                        name: name.clone(),
+                        kind: Kind::Workload,
+                        container: c.clone(),
+                        socket: instance.socket.clone(),
+                        namespace: instance.namespace(),
+                        image,
+                        cgroups_path: format!("/ros/user/{name}"),
+                    };
+                    let unit = spawn_unit(&handle, job);
+                    started.push((name.clone(), c.oneshot, unit.state_rx.clone()));
+                    if let Ok(mut u) = units.lock() {
+                        u.push(unit);
+                    }
+                }
+                for (name, oneshot, rx) in started {
+                    if !settled(&name, rx, oneshot).await {
+                        failed.insert(name);
+                    }
+                }
+            }
+        }));
+    }
+
+    /// The ordered stop (DESIGN.md step 10): workloads, then services in reverse start-wave
+    /// order, each within its `stop_timeout_s` (plus a margin). Bounded.
+    pub fn shutdown(&mut self) {
+        if let Some(starter) = self.workload_starter.take() {
+            starter.abort();
+        }
+        let workloads: Vec<Unit> = self
+            .workloads
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default();
+        self.rt.block_on(stop_units(workloads));
+        let mut services = std::mem::take(&mut self.services);
+        for wave in self.service_waves.iter().rev() {
+            let (now, rest): (Vec<Unit>, Vec<Unit>) =
+                services.into_iter().partition(|u| wave.contains(&u.name));
+            services = rest;
+            self.rt.block_on(stop_units(now));
+        }
+        self.rt.block_on(stop_units(services));
+    }
+}
+
+/// Imports one bundled archive and logs what happened.
+async fn import_one(client: &Client, b: &bundled::Bundled) {
+    let started = Instant::now();
+    match client.import_archive(&b.archive, None).await {
+        Ok(i) if i.already_present => log::info!(
+            "image {} already present in {}/{}",
+            i.name,
+            client.socket().display(),
+            client.namespace()
+        ),
+        Ok(i) => log::info!(
+            "image {} imported into {} ({} blobs, {} layers) in {:.3}s",
+            i.name,
+            client.namespace(),
+            i.blobs_written,
+            i.layers_unpacked,
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => log::error!("import {}: {e}", b.archive.display()),
+    }
+}
+
+/// Waits until a unit is running (one-shot: exited 0). False when it failed or timed out.
+async fn settled(name: &str, mut rx: watch::Receiver<State>, oneshot: bool) -> bool {
+    let wait = rx.wait_for(|s| match s {
+        State::Starting => false,
+        State::Running { .. } => !oneshot,
+        State::Done { .. } | State::Failed => true,
+    });
+    match tokio::time::timeout(WAVE_TIMEOUT, wait).await {
+        Ok(Ok(s)) => match &*s {
+            State::Running { .. } | State::Done { ok: true } => true,
+            State::Starting | State::Done { ok: false } | State::Failed => false,
+        },
+        Ok(Err(_)) => false,
+        Err(_) => {
+            log::error!(
+                "{name} did not become ready within {}s; its dependents are not started",
+                WAVE_TIMEOUT.as_secs()
+            );
+            false
+        }
+    }
+}
+
+/// Sends every unit its stop and waits for them together (each bounded).
+async fn stop_units(units: Vec<Unit>) {
+    let mut waits = Vec::new();
+    for u in units {
+        let _ = u.stop_tx.send(true);
+        let limit = u.stop_timeout + STOP_MARGIN;
+        waits.push(async move {
+            let mut join = u.join;
+            if tokio::time::timeout(limit, &mut join).await.is_err() {
+                join.abort();
+                kmsg::console(&format!(
+                    "{} {}: not stopped within {}s; given up",
+                    kind_name(u.kind),
+                    u.name,
+                    limit.as_secs()
+                ));
+            }
+            let restarts = u.restarts.lock().map(|r| *r).unwrap_or(0);
+            log::debug!("{} {} had {restarts} restarts", kind_name(u.kind), u.name);
+        });
+    }
+    futures::future::join_all(waits).await;
+}
+
+fn spawn_unit(rt: &tokio::runtime::Handle, job: Job) -> Unit {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (state_tx, state_rx) = watch::channel(State::Starting);
+    let restarts = Arc::new(Mutex::new(0));
+    let name = job.name.clone();
+    let kind = job.kind;
+    let stop_timeout = Duration::from_secs(job.container.stop_timeout_s);
+    let join = rt.spawn(supervise(job, state_tx, stop_rx, restarts.clone()));
+    Unit {
+        name,
+        kind,
+        stop_timeout,
+        stop_tx,
+        state_rx,
+        restarts,
+        join,
+    }
+}
+
+/// Connects, retrying while containerd is away (restarting); `None` once a stop is asked.
+async fn reconnect(job: &Job, stop: &mut watch::Receiver<bool>) -> Option<Client> {
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        let attempt = async {
+            daemon::wait_ready(&job.socket, Duration::from_secs(5))
+                .await
+                .ok()?;
+            Client::connect(&job.socket, job.namespace).await.ok()
+        };
+        tokio::select! {
+            c = attempt => if let Some(c) = c { return Some(c) },
+            _ = stop.changed() => return None,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Waits for the task's exit status; rides out a containerd restart (the shim keeps the task).
+async fn wait_exit(
+    job: &Job,
+    client: &mut Client,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<u32> {
+    loop {
+        match client.wait(&job.name, None).await {
+            Ok(exit) => return Some(exit.status),
+            Err(e) => {
+                log::warn!("{} {}: {e}; reconnecting", kind_name(job.kind), job.name);
+                *client = reconnect(job, stop).await?;
+                match client.task_status(&job.name).await {
+                    Ok(Some(t)) if t.state == TaskState::Stopped => {
+                        return Some(t.exit_status.unwrap_or(255))
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return Some(255),
+                }
+            }
+        }
+    }
+}
+
+/// Creates the container (replacing a leftover of the same name).
+async fn create(job: &Job, client: &Client) -> Result<Signal, String> {
+    let info = client
+        .image_info(&job.image)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut container = job.container.clone();
+    if container.net_mode(job.kind) == NetMode::Bridge {
+        if !BRIDGE_WARNED.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "net = \"bridge\" is not implemented yet: such containers run with net = \"none\""
+            );
+        }
+        container.net = Some(NetMode::None);
+    }
+    let input = spec::SpecInput {
+        name: &job.name,
+        kind: job.kind,
+        container: &container,
+        image: &info.config,
+        cgroups_path: job.cgroups_path.clone(),
+    };
+    let spec = spec::build(&input).map_err(|e| e.to_string())?;
+    client
+        .delete_container(&job.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .create_container(&NewContainer {
+            id: &job.name,
+            kind: job.kind,
+            image: &info,
+            spec: &spec,
+            labels: BTreeMap::new(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(info
+        .stop_signal
+        .as_deref()
+        .and_then(parse_signal)
+        .unwrap_or(Signal::SIGTERM))
+}
+
+/// One container's life: create, then start a task, wait for its exit, apply the restart
+/// policy with backoff, and again; on a stop request, stop the task within `stop_timeout_s`.
+async fn supervise(
+    job: Job,
+    state: watch::Sender<State>,
+    mut stop: watch::Receiver<bool>,
+    restarts: Arc<Mutex<u32>>,
+) {
+    let what = format!("{} {}", kind_name(job.kind), job.name);
+    let Some(mut client) = reconnect(&job, &mut stop).await else {
+        return;
+    };
+    let stop_signal = match create(&job, &client).await {
+        Ok(s) => s,
+        Err(e) => {
+            kmsg::console(&format!("{what}: not started: {e}"));
+            let _ = state.send(State::Failed);
+            return;
+        }
+    };
+    let sink = match LogSink::new(Path::new(LOG_DIR), &job.name, Rotation::default()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::error!("{what}: log: {e}");
+            None
+        }
+    };
+    let note = |line: &str| {
+        if let Some(s) = &sink {
+            let _ = s.note(Stream::Stderr, line);
+        }
+    };
+    let mut backoff = Backoff::default();
+    loop {
+        let logs = sink.as_ref().and_then(|s| {
+            s.attach(Path::new(IO_DIR))
+                .map_err(|e| log::error!("{what}: log: {e}"))
+                .ok()
+        });
+        let started = Instant::now();
+        let status = match client.start_task(&job.name, logs.as_ref()).await {
+            Ok(pid) => {
+                kmsg::console(&format!("{what} started (pid {pid})"));
+                note(&format!("ros: started (pid {pid})"));
+                if !job.container.oneshot {
+                    let _ = state.send(State::Running { pid });
+                }
+                let mut stop_seen = stop.clone();
+                let waited = tokio::select! {
+                    s = wait_exit(&job, &mut client, &mut stop_seen) => s,
+                    _ = stop.changed() => None,
+                };
+                match waited {
+                    Some(s) => s,
+                    None => {
+                        stop_task(&what, &job, &client, stop_signal).await;
+                        if let Some(l) = logs {
+                            tokio::spawn(l.finished());
+                        }
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                kmsg::console(&format!("{what}: start failed: {e}"));
+                // Never started: what waits on it (its wave) gives up; later restarts go on.
+                state.send_if_modified(|s| {
+                    let never = *s == State::Starting;
+                    if never {
+                        *s = State::Failed;
+                    }
+                    never
+                });
+                255
+            }
+        };
+        let _ = client.delete_task(&job.name).await;
+        if let Some(l) = logs {
+            tokio::spawn(l.finished());
+        }
+        let ended = if status == 0 {
+            Ended::Success
+        } else {
+            Ended::Failure
+        };
+        if !policy::wants_restart(job.container.restart, job.container.oneshot, ended) {
+            kmsg::console(&format!("{what} exited (status {status}); not restarted"));
+            note(&format!("ros: exited (status {status}); not restarted"));
+            let _ = state.send(State::Done { ok: status == 0 });
+            return;
+        }
+        let delay = backoff.delay_after(started.elapsed());
+        if let Ok(mut r) = restarts.lock() {
+            *r = backoff.restarts;
+        }
+        let line = format!(
+            "{what} exited (status {status}); restart {} in {}s",
+            backoff.restarts,
+            delay.as_secs()
+        );
+        kmsg::console(&line);
+        note(&format!("ros: {line}"));
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => {
+                kmsg::console(&format!("{what} stopped (was waiting to restart)"));
+                return;
+            }
+        }
+    }
+}
+
+async fn stop_task(what: &str, job: &Job, client: &Client, signal: Signal) {
+    let timeout = Duration::from_secs(job.container.stop_timeout_s);
+    match client.stop(&job.name, signal, timeout).await {
+        Ok(exit) => kmsg::console(&format!("{what} stopped (status {})", exit.status)),
+        Err(e) => kmsg::console(&format!("{what}: stop: {e}")),
+    }
+    let _ = client.delete_task(&job.name).await;
+}
