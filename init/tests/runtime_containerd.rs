@@ -23,11 +23,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use xtask::apt::AptEnv;
-use xtask::fetch::{self, DebCache, PackageSet};
+use xtask::fetch::{self, PackageSet};
 use xtask::hostctr::{self, HostContainerd};
 use xtask::layout::Layout;
-use xtask::lock::{Lock, Manifest};
 use xtask::oci::{self, ImageInputs};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -44,19 +42,9 @@ fn is_root() -> bool {
 /// The pinned packages, fetched and extracted through the xtask library (as `cargo xtask build`
 /// does: the clone's build/apt and build/extract, the shared download cache).
 fn packages(layout: &Layout) -> PackageSet {
-    let manifest = Manifest::load(&layout.manifest()).unwrap();
-    let lock = Lock::load_or_empty(&layout.lock()).unwrap();
-    let cache = DebCache::from_env().unwrap();
-    let mut apt = AptEnv::new(layout.apt());
-    fetch::fetch_all(
-        &mut apt,
-        &cache,
-        &layout.extract(),
-        &manifest,
-        &lock,
-        &mut |e| eprintln!("  {e}"),
-    )
-    .unwrap()
+    fetch::fetch_pinned(layout, &mut |e| eprintln!("  {e}"))
+        .unwrap()
+        .1
 }
 
 /// A private containerd and the console and syslog archives (built into its scratch
