@@ -371,6 +371,22 @@ impl Vm {
         Ok((status, output))
     }
 
+    /// Runs `cmd` every second until `pred` accepts its output or `timeout` passes; returns the
+    /// last output (a failed run counts as empty output).
+    pub fn poll(&mut self, cmd: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self
+                .exec(cmd, Duration::from_secs(60))
+                .map(|(_, o)| o)
+                .unwrap_or_default();
+            if pred(&out) || Instant::now() >= deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
     /// Runs `cmd` and returns its output; a non-zero status is an error carrying the output.
     pub fn succeed(&mut self, cmd: &str) -> Result<String> {
         let (status, output) = self.exec(cmd, Duration::from_secs(120))?;
@@ -467,6 +483,16 @@ impl Drop for Vm {
             }
         }
     }
+}
+
+/// The pid of container `id`'s task if `ctr t ls` output shows it RUNNING.
+pub fn running_pid(tasks: &str, id: &str) -> Option<u32> {
+    tasks.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() >= 3 && f[0] == id && f[2] == "RUNNING")
+            .then(|| f[1].parse().ok())
+            .flatten()
+    })
 }
 
 fn spawn_reader(out: impl Read + Send + 'static, console: Arc<(Mutex<Console>, Condvar)>) {

@@ -3,8 +3,8 @@
 //! crash-looping service and a one-shot: order, listing, admission, restart after a kill,
 //! a containerd restart, backoff, and the ordered poweroff.
 
-use ros_tests::{Vm, VmOptions};
-use std::time::{Duration, Instant};
+use ros_tests::{running_pid, Vm, VmOptions};
+use std::time::Duration;
 
 const BOOT: Duration = Duration::from_secs(180);
 const SYSTEM_CTR: &str = "ctr -a /run/ros/containerd-system.sock -n system";
@@ -52,31 +52,6 @@ net = "none"
 max_containers = 1
 "#;
 
-/// The pid of `id`'s task if `ctr t ls` shows it RUNNING.
-fn running_pid(tasks: &str, id: &str) -> Option<u32> {
-    tasks.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 3 && f[0] == id && f[2] == "RUNNING")
-            .then(|| f[1].parse().ok())
-            .flatten()
-    })
-}
-
-/// Polls `cmd` until `pred` accepts its output or `timeout` passes; returns the last output.
-fn poll(vm: &mut Vm, cmd: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = vm
-            .exec(cmd, Duration::from_secs(30))
-            .map(|(_, o)| o)
-            .unwrap_or_default();
-        if pred(&out) || Instant::now() >= deadline {
-            return out;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 /// Kernel timestamps (seconds) of the console lines containing `needle`.
 fn stamps(console: &str, needle: &str) -> Vec<f64> {
     console
@@ -111,14 +86,14 @@ fn services_and_workloads_run_restart_with_backoff_and_stop_in_order() {
     assert!(setup_done < syslog_started, "one-shot before its dependent");
 
     // (a) the service in the system namespace, the workload in the user one, both running.
-    let sys_tasks = poll(&mut vm, &format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
+    let sys_tasks = vm.poll(&format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
         running_pid(o, "syslog").is_some()
     });
     let old_pid = running_pid(&sys_tasks, "syslog")
         .unwrap_or_else(|| panic!("syslog not running:\n{sys_tasks}"));
     let sys_containers = vm.succeed(&format!("{SYSTEM_CTR} c ls")).unwrap();
     assert!(sys_containers.contains("syslog"), "{sys_containers}");
-    let user_tasks = poll(&mut vm, "ctr -n user t ls", BOOT, |o| {
+    let user_tasks = vm.poll("ctr -n user t ls", BOOT, |o| {
         running_pid(o, "spin").is_some()
     });
     assert!(running_pid(&user_tasks, "spin").is_some(), "{user_tasks}");
@@ -145,7 +120,7 @@ fn services_and_workloads_run_restart_with_backoff_and_stop_in_order() {
 
     // (b) a killed service comes back with a new pid, and the restart is logged.
     vm.succeed(&format!("kill -9 {old_pid}")).unwrap();
-    let sys_tasks = poll(&mut vm, &format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
+    let sys_tasks = vm.poll(&format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
         running_pid(o, "syslog").is_some_and(|p| p != old_pid)
     });
     let new_pid = running_pid(&sys_tasks, "syslog");
@@ -170,7 +145,7 @@ fn services_and_workloads_run_restart_with_backoff_and_stop_in_order() {
         Duration::from_secs(10),
     )
     .unwrap();
-    let user_tasks = poll(&mut vm, "ctr -n user t ls", BOOT, |o| {
+    let user_tasks = vm.poll("ctr -n user t ls", BOOT, |o| {
         running_pid(o, "spin").is_some()
     });
     assert!(running_pid(&user_tasks, "spin").is_some(), "{user_tasks}");

@@ -5,7 +5,7 @@
 //! while the service, the debug shell and the system containerd carry on. (The fence is one
 //! budget: once the bomb fills it, the surviving hog's next `sleep` is refused too and it ends.)
 
-use ros_tests::{Vm, VmOptions};
+use ros_tests::{running_pid, Vm, VmOptions};
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(180);
@@ -58,31 +58,6 @@ memory = "256MiB"
 pids = 200
 "#;
 
-/// The pid of `id`'s task if `ctr t ls` shows it RUNNING.
-fn running_pid(tasks: &str, id: &str) -> Option<u32> {
-    tasks.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 3 && f[0] == id && f[2] == "RUNNING")
-            .then(|| f[1].parse().ok())
-            .flatten()
-    })
-}
-
-/// Polls `cmd` until `pred` accepts its output or `timeout` passes; returns the last output.
-fn poll(vm: &mut Vm, cmd: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = vm
-            .exec(cmd, Duration::from_secs(60))
-            .map(|(_, o)| o)
-            .unwrap_or_default();
-        if pred(&out) || Instant::now() >= deadline {
-            return out;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
 /// The value of `key` in a flat-keyed cgroup file (`memory.events`, `pids.events`).
 fn field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| {
@@ -114,15 +89,14 @@ fn user_fence_bounds_workload_memory_and_pids_and_spares_the_system() {
         [FENCE_MEMORY.to_string(), FENCE_PIDS.to_string()],
         "{max}"
     );
-    let sys_tasks = poll(&mut vm, &format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
+    let sys_tasks = vm.poll(&format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
         running_pid(o, "syslog").is_some()
     });
     let syslog_pid = running_pid(&sys_tasks, "syslog")
         .unwrap_or_else(|| panic!("syslog not running:\n{sys_tasks}"));
 
     // Memory: 2 × 150 MiB does not fit in 256 MiB; the fence's OOM killer takes a hog.
-    let events = poll(
-        &mut vm,
+    let events = vm.poll(
         &format!("cat {FENCE}/memory.events"),
         Duration::from_secs(240),
         |o| field(o, "oom_kill").is_some_and(|n| n >= 1),
@@ -151,8 +125,7 @@ fn user_fence_bounds_workload_memory_and_pids_and_spares_the_system() {
     assert!(current <= FENCE_MEMORY, "memory.current {current}");
 
     // pids: the bomb runs into pids.max, and the fence never holds more.
-    let events = poll(
-        &mut vm,
+    let events = vm.poll(
         &format!("cat {FENCE}/pids.events"),
         Duration::from_secs(180),
         |o| field(o, "max").is_some_and(|n| n > 0),
