@@ -76,16 +76,23 @@ fn delegate(dir: &Path) -> Result<(), CgroupError> {
     write(&dir.join("cgroup.subtree_control"), &wanted.join(" "))
 }
 
-/// Creates the layout under `root` and delegates controllers to every inner node.
+/// Creates the layout under `root` and delegates controllers to every inner node but the
+/// fence: `/ros/user` stays an empty leaf until the user containerd has entered it once to
+/// root its cgroup namespace there (see `supervisor::fence_ns`); `delegate_fence` follows.
 pub fn create_layout(root: &Path) -> Result<(), CgroupError> {
     for leaf in [INIT, SYSTEM_CONTAINERD, RUNTIME_CONTAINERD, USER] {
         let dir = root.join(leaf);
         fs::create_dir_all(&dir).map_err(io_err(&dir, "mkdir"))?;
     }
-    for inner in ["", "ros", SYSTEM, RUNTIME, USER] {
+    for inner in ["", "ros", SYSTEM, RUNTIME] {
         delegate(&root.join(inner))?;
     }
     Ok(())
+}
+
+/// Enables the controllers inside the fence, for the containers' cgroups below it.
+pub fn delegate_fence(root: &Path) -> Result<(), CgroupError> {
+    delegate(&root.join(USER))
 }
 
 /// Moves process `pid` into the leaf `leaf`.

@@ -116,7 +116,7 @@ fn services_and_workloads_run_restart_with_backoff_and_stop_in_order() {
     let cg = vm
         .succeed("cat /proc/$(ctr -n user t ls | awk '$1==\"spin\"{print $2}')/cgroup")
         .unwrap();
-    assert!(cg.contains("/ros/user/spin"), "{cg}");
+    assert!(cg.contains("/ros/user/user/spin"), "{cg}");
 
     // (b) a killed service comes back with a new pid, and the restart is logged.
     vm.succeed(&format!("kill -9 {old_pid}")).unwrap();

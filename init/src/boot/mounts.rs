@@ -90,7 +90,11 @@ pub fn early_plan() -> Vec<MountSpec> {
             "/sys/fs/cgroup",
             "cgroup2",
             NOSUID_NODEV_NOEXEC,
-            Some("nsdelegate"),
+            // No `nsdelegate`: the user containerd lives in a cgroup namespace rooted at the
+            // fence but its process sits outside it (supervisor::fence_ns), and nsdelegate
+            // would forbid runc there to move a container's first process from the shim's
+            // cgroup into the fence.
+            None,
         ),
     ]
 }

@@ -9,7 +9,7 @@
 use super::fleet;
 use super::policy::Backoff;
 use super::reaper::{Exit, Reaper};
-use super::{shell, Owner};
+use super::{fence_ns, shell, Owner};
 use crate::boot::{kmsg, sysimage};
 use crate::cgroups;
 use crate::runtime::daemon::{self, Instance, InstanceName};
@@ -165,6 +165,15 @@ fn spawn_containerd(reaper: &Reaper<Owner>, instance: &Instance) -> Result<Pid, 
         );
     }
     let procs = procs.ok();
+    // The user daemon runs in the fence's namespaces; without them containers made through its
+    // socket could land outside the fence, so a failure here fails the start (and is retried).
+    let fence = match name {
+        InstanceName::System => None,
+        InstanceName::User => Some(
+            fence_ns::prepare(Path::new(cgroups::ROOT), Path::new(fence_ns::PIN))
+                .map_err(|e| e.to_string())?,
+        ),
+    };
     let oom = format!("{}\n", name.oom_score()).into_bytes();
     let argv = daemon::argv(instance);
     let mut cmd = std::process::Command::new(&argv[0]);
@@ -177,13 +186,19 @@ fn spawn_containerd(reaper: &Reaper<Owner>, instance: &Instance) -> Result<Pid, 
         .stderr(err_log);
     shell::child_defaults(&mut cmd);
     // SAFETY: runs in the forked child before exec and only makes raw syscalls (write, open,
-    // close) on memory prepared before the fork: "0" written to cgroup.procs moves the writer
-    // itself; the OOM score goes to /proc/self. Failures are ignored (fewer guarantees, not a
-    // daemon that cannot start).
+    // close, setns, unshare, mount) on memory prepared before the fork: "0" written to
+    // cgroup.procs moves the writer itself; the OOM score goes to /proc/self. Failures of the
+    // leaf and the score are ignored (fewer guarantees, not a daemon that cannot start); the
+    // fence's namespaces must be entered.
     unsafe {
         cmd.pre_exec(move || {
-            if let Some(f) = &procs {
-                libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1);
+            match &fence {
+                Some(f) => f.enter(procs.as_ref())?,
+                None => {
+                    if let Some(f) = &procs {
+                        libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                    }
+                }
             }
             let fd = libc::open(
                 c"/proc/self/oom_score_adj".as_ptr(),
@@ -196,7 +211,15 @@ fn spawn_containerd(reaper: &Reaper<Owner>, instance: &Instance) -> Result<Pid, 
             Ok(())
         });
     }
-    reaper
+    let pid = reaper
         .spawn(&mut cmd, Owner::Containerd(name))
-        .map_err(|e| format!("{}: {e}", argv[0]))
+        .map_err(|e| format!("{}: {e}", argv[0]))?;
+    // spawn returned after exec: the daemon has left the fence leaf, which may now have
+    // controllers for its children.
+    if name == InstanceName::User {
+        if let Err(e) = cgroups::delegate_fence(Path::new(cgroups::ROOT)) {
+            log::warn!("containerd user: {e}");
+        }
+    }
+    Ok(pid)
 }

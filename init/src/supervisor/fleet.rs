@@ -1,6 +1,6 @@
 //! The containers PID 1 runs: `[services.*]` in the system containerd (namespace `system`,
 //! cgroup `/ros/system/<name>`) and `[workloads.*]` in the user containerd (namespace `user`,
-//! cgroup `/ros/user/<name>`, inside the fence).
+//! cgroup `/ros/user/user/<name>`, inside the fence).
 //!
 //! Owns the tokio runtime the containerd clients live in, the start order (waves from
 //! `depends_on`; a one-shot must exit 0 before its dependents start), admission
@@ -297,7 +297,9 @@ impl Fleet {
                         socket: instance.socket.clone(),
                         namespace: instance.namespace(),
                         image,
-                        cgroups_path: format!("/ros/user/{name}"),
+                        // Relative to the user containerd's cgroup namespace, rooted at the fence
+                        // (`fence_ns`): `/ros/user/user/<name>` on the host, beside `ctr run`'s.
+                        cgroups_path: format!("/{}/{name}", instance.namespace()),
                     };
                     let unit = spawn_unit(&handle, job);
                     started.push((name.clone(), c.oneshot, unit.state_rx.clone()));

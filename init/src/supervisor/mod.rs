@@ -3,6 +3,7 @@
 //! services and workloads (`fleet`).
 
 pub mod daemons;
+pub mod fence_ns;
 pub mod fleet;
 pub mod graph;
 pub mod policy;
