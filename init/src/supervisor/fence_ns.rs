@@ -61,7 +61,7 @@ pub struct Prepared {
 /// Whether `path` is a pinned namespace (a bind mount of an nsfs file).
 fn is_pinned(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .map(|s| s.filesystem_type().0 == NSFS_MAGIC)
         .unwrap_or(false)
 }
 
