@@ -90,6 +90,11 @@ pub struct Vm {
     keep_log: bool,
 }
 
+/// Cmdline words that turn off the default services (console, syslog): PID-1 and network
+/// tests boot a node that starts no containers, which keeps them fast.
+pub const NO_SERVICES: &str =
+    "ros.services.console.enabled=false ros.services.syslog.enabled=false";
+
 /// The repository root (tests/ lives one level down).
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

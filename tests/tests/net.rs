@@ -2,7 +2,7 @@
 //! networking (restrict=on) with QEMU's DHCP server, and a private wire between two VMs over a
 //! QEMU socket netdev on loopback.
 
-use ros_tests::{Vm, VmOptions};
+use ros_tests::{Vm, VmOptions, NO_SERVICES};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -76,6 +76,7 @@ fn two_nics_follow_their_macs_whatever_the_order() {
         let opts = VmOptions {
             config: Some(cfg.clone()),
             nics,
+            append: vec![NO_SERVICES.into()],
             ..Default::default()
         };
         let mut vm = Vm::boot(&format!("net-multi-nic-{run}"), &opts).unwrap();
@@ -156,6 +157,7 @@ fn two_vms_on_a_private_wire_ping_each_other() {
                 format!("{wire},mac=52:54:00:00:01:0{n}"),
             ],
             cpus: 1,
+            append: vec![NO_SERVICES.into()],
             ..Default::default()
         };
         Vm::boot(&format!("net-wire-{n}"), &opts).unwrap()

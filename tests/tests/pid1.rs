@@ -1,7 +1,7 @@
 //! VM tests of PID 1 (issue: boot foundation). Each boots the real image under TCG with a
 //! config that starts no containers, and checks what a person would check by hand.
 
-use ros_tests::{repo_root, Vm, VmOptions};
+use ros_tests::{repo_root, Vm, VmOptions, NO_SERVICES};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -45,7 +45,7 @@ fn config_layers_apply_orphans_are_reaped_and_poweroff_leaves_disks_clean() {
 
     let opts = VmOptions {
         config: Some(cfg),
-        append: vec!["ros.sysctl.vm.swappiness=13".into()],
+        append: vec!["ros.sysctl.vm.swappiness=13".into(), NO_SERVICES.into()],
         disks: vec![disk.clone()],
         ..Default::default()
     };
@@ -112,6 +112,7 @@ fn invalid_config_still_boots_names_key_and_line_and_halt_halts() {
     );
     let opts = VmOptions {
         config: Some(cfg),
+        append: vec![NO_SERVICES.into()],
         ..Default::default()
     };
     let mut vm = Vm::boot("pid1-invalid-config-halt", &opts).unwrap();
@@ -149,7 +150,7 @@ fn invalid_config_still_boots_names_key_and_line_and_halt_halts() {
 fn reboot_typed_in_the_debug_shell_boots_again() {
     let opts = VmOptions {
         no_reboot: false,
-        append: vec!["ros.hostname=again".into()],
+        append: vec!["ros.hostname=again".into(), NO_SERVICES.into()],
         ..Default::default()
     };
     let mut vm = Vm::boot("pid1-reboot", &opts).unwrap();
@@ -199,6 +200,7 @@ fn boot_fault_lands_in_the_recovery_shell_showing_the_error() {
 
     let opts = VmOptions {
         initrd,
+        append: vec![NO_SERVICES.into()],
         ..Default::default()
     };
     let mut vm = Vm::boot("pid1-recovery", &opts).unwrap();

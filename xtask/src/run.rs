@@ -80,9 +80,8 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
         None => {
             opts.interactive = true;
             opts.no_reboot = false;
-            // A shell on the console too, until the console service arrives.
-            opts.append.insert(0, "ros.debug_shell=ttyS0,ttyS1".into());
-            opts.debug_shell = false;
+            // The console service gives ttyS0 its shell; the debug shell stays on ttyS1 (the
+            // socket), and the recovery shell takes ttyS0 if boot fails.
             interactive(&opts, args.timeout)
         }
     }

@@ -5,14 +5,12 @@
 //! Must not: hold anything a node could not boot with; every value here must validate, which a
 //! test checks.
 
-use super::schema::{Config, Interface, Match};
+use super::schema::{Config, Container, ContainerMount, Interface, Match, NetMode};
 
 /// Source name of the defaults layer, as errors and `Loaded::used` show it.
 pub const SOURCE: &str = "defaults";
 
 /// The compiled-in defaults layer.
-// The console and syslog services (DESIGN.md) join these defaults with the issue that builds
-// their images; until then the defaults define no services.
 pub const DEFAULTS: &str = r#"# ros compiled-in defaults (lowest layer)
 version = 1
 hostname = "ros"
@@ -30,6 +28,31 @@ wait = "any"
 match = { name = "e*" }
 dhcp = true
 optional = true
+
+# The system log: busybox syslogd on the host's /dev/log, rotated files in the host's /var/log.
+[services.syslog]
+image = "ros/syslog"
+privileged = true
+net = "host"
+restart = "always"
+stop_timeout_s = 5
+mounts = [
+  { source = "/dev", target = "/dev" },
+  { source = "/var/log", target = "/var/log" },
+]
+
+# The admin console: a root shell with the ros CLI on the kernel's console tty.
+[services.console]
+image = "ros/console"
+privileged = true
+net = "host"
+restart = "always"
+stop_timeout_s = 2
+mounts = [
+  { source = "/dev", target = "/dev" },
+  { source = "/run/ros", target = "/run/ros" },
+  { source = "/var/log", target = "/var/log" },
+]
 
 [limits.user]
 max_containers = 250
@@ -53,6 +76,31 @@ pub fn fallback() -> Config {
             ..Interface::default()
         },
     );
+    let bind = |path: &str| ContainerMount {
+        source: path.to_string(),
+        target: path.to_string(),
+        ..ContainerMount::default()
+    };
+    let service = |image: &str, mounts: Vec<ContainerMount>, stop_timeout_s| Container {
+        image: image.to_string(),
+        privileged: true,
+        net: Some(NetMode::Host),
+        mounts,
+        stop_timeout_s,
+        ..Container::default()
+    };
+    config.services.insert(
+        "syslog".to_string(),
+        service("ros/syslog", vec![bind("/dev"), bind("/var/log")], 5),
+    );
+    config.services.insert(
+        "console".to_string(),
+        service(
+            "ros/console",
+            vec![bind("/dev"), bind("/run/ros"), bind("/var/log")],
+            2,
+        ),
+    );
     config
 }
 
@@ -69,7 +117,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_define_no_services_yet() {
-        assert!(fallback().services.is_empty());
+    fn defaults_run_syslog_and_the_console() {
+        let config = crate::config::load::effective(&[Layer::defaults().unwrap()]).unwrap();
+        let names: Vec<&String> = config.services.keys().collect();
+        assert_eq!(names, ["console", "syslog"]);
+        assert!(config.services.values().all(|s| s.privileged));
     }
 }
