@@ -71,7 +71,7 @@ fn config_layers_apply_orphans_are_reaped_and_poweroff_leaves_disks_clean() {
 
     // Orphans: 20 background sleeps whose parent exits at once are re-parented to PID 1 ...
     let ppids = vm
-        .succeed("sh -c 'for i in $(seq 20); do sleep 2 & done'; sleep 0.5; for p in $(pidof sleep); do awk '/^PPid/{print $2}' /proc/$p/status; done")
+        .succeed("sh -c 'for i in $(seq 20); do sleep 8 & done'; sleep 0.5; for p in $(pidof sleep); do awk '/^PPid/{print $2}' /proc/$p/status; done")
         .unwrap();
     assert_eq!(
         ppids.lines().filter(|l| *l == "1").count(),
@@ -79,7 +79,14 @@ fn config_layers_apply_orphans_are_reaped_and_poweroff_leaves_disks_clean() {
         "orphans re-parented to PID 1:\n{ppids}"
     );
     // ... and once they exit, PID 1 has reaped every one: no zombie is left.
-    let left = vm.succeed("sleep 3; grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l; pidof sleep | wc -w").unwrap();
+    vm.poll("pidof sleep | wc -w", Duration::from_secs(60), |o| {
+        o == "0\n"
+    });
+    let left = vm
+        .succeed(
+            "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l; pidof sleep | wc -w",
+        )
+        .unwrap();
     assert_eq!(left, "0\n0\n", "zombies, then sleeps left");
 
     // A filesystem mounted by hand is unmounted cleanly by poweroff.

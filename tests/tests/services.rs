@@ -51,6 +51,28 @@ fn defaults_run_syslog_and_a_console_shell() {
         .unwrap();
     assert!(!line.contains("/ros/init"), "{line}");
 
+    // The system containerd killed, and syslog with it while it is down: PID 1 restarts the
+    // daemon, the console's shim kept it running, and syslog comes back with a new pid.
+    let syslog = running_pid(&tasks, "syslog").unwrap();
+    let console = running_pid(&tasks, "console").unwrap();
+    vm.succeed(&format!(
+        "kill -9 $(ps -o pid,args | awk '/containerd-system.toml/ && !/awk/ {{print $1}}') {syslog}"
+    ))
+    .unwrap();
+    vm.wait_for_console(
+        "ros: containerd system exited (killed by signal 9)",
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let tasks = vm.poll(&format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
+        running_pid(o, "syslog").is_some_and(|p| p != syslog)
+    });
+    assert!(
+        running_pid(&tasks, "syslog").is_some_and(|p| p != syslog),
+        "{tasks}"
+    );
+    assert_eq!(running_pid(&tasks, "console"), Some(console), "{tasks}");
+
     vm.send("poweroff").unwrap();
     vm.wait_for_console("ros: shutdown complete", Duration::from_secs(120))
         .unwrap();

@@ -77,6 +77,8 @@ const ZSTD_LEVEL: u32 = 19;
 fn build(args: BuildArgs) -> Result<()> {
     let started = Instant::now();
     let layout = Layout::discover();
+    // Two builds of one checkout at once (two `scripts/run`s) would race on the outputs.
+    let _build_lock = fetch::DirLock::acquire(&layout.build().join("build.lock"))?;
     let ros = match args.ros {
         Some(path) => {
             std::fs::canonicalize(&path).with_context(|| format!("--ros {}", path.display()))?
