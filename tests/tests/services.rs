@@ -1,6 +1,6 @@
 //! VM test of the node the compiled-in defaults make (no config file at all): the syslog and
 //! console services run in the system namespace; a message sent to `/dev/log` on the host lands
-//! in the rotated `/var/log/messages`; the console service gives ttyS0 a root shell with the
+//! in the rotated `/var/log/messages`, and so do PID 1's own log lines; the console service gives ttyS0 a root shell with the
 //! `ros` CLI; poweroff stops both before the containerds.
 
 use ros_tests::{running_pid, Vm, VmOptions};
@@ -72,6 +72,21 @@ fn defaults_run_syslog_and_a_console_shell() {
         "{tasks}"
     );
     assert_eq!(running_pid(&tasks, "console"), Some(console), "{tasks}");
+    // PID 1 logs to syslog whenever it is there (also after syslog's restart): its lines
+    // about the console, killed now, are in the file.
+    vm.succeed("sleep 2").unwrap();
+    vm.succeed(&format!("kill -9 {console}")).unwrap();
+    let messages = vm.poll("cat /var/log/messages", Duration::from_secs(30), |o| {
+        o.contains("ros[1]: service console exited")
+    });
+    assert!(
+        messages.contains("ros[1]: service console exited (status 137); restart 1 in 1s"),
+        "{messages}"
+    );
+    let tasks = vm.poll(&format!("{SYSTEM_CTR} t ls"), BOOT, |o| {
+        running_pid(o, "console").is_some_and(|p| p != console)
+    });
+    assert!(running_pid(&tasks, "console").is_some(), "{tasks}");
 
     vm.send("poweroff").unwrap();
     vm.wait_for_console("ros: shutdown complete", Duration::from_secs(120))

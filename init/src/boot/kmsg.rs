@@ -1,14 +1,19 @@
 //! Logging for PID 1: a `log::Log` that writes every record to `/dev/kmsg` (so it is in `dmesg`
-//! and, by level, on the kernel console) and keeps the recent lines in memory for the recovery
-//! shell. Also the writer of ros's stable console lines (`ros: phase …`, `ros: ready in …`).
+//! and, by level, on the kernel console), to syslog once `/dev/log` answers (the syslog service),
+//! and keeps the recent lines in memory for the recovery shell. Also the writer of ros's stable
+//! console lines (`ros: phase …`, `ros: ready in …`).
 //!
-//! Owns the kmsg format (`<level>ros: message`). Must never panic or block boot: a write that
-//! fails is dropped (there is nowhere else to report it before the console works).
+//! Owns the kmsg format (`<level>ros: message`) and the syslog one (`<daemon.level>ros[1]:
+//! message`). Must never panic or block: a write that fails is dropped (there is nowhere else
+//! to report it), and the syslog socket is non-blocking, so a stopped or stalled syslogd costs
+//! messages, never PID 1's progress.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// How many recent lines the recovery shell can show.
 const RING_LINES: usize = 200;
@@ -27,8 +32,58 @@ fn kern_level(level: log::Level) -> u8 {
 /// and with `loglevel=6`, which hides the kernel's own info-level chatter.
 const NOTICE: u8 = 5;
 
+/// The syslog socket.
+const DEV_LOG: &str = "/dev/log";
+/// How often a missing or refusing `/dev/log` is tried again.
+const SYSLOG_RETRY: Duration = Duration::from_secs(1);
+/// syslog facility `daemon`.
+const FACILITY_DAEMON: u8 = 3;
+
+/// The syslog side: a connected non-blocking datagram socket, or when to try again.
+#[derive(Default)]
+struct Syslog {
+    socket: Option<UnixDatagram>,
+    next_try: Option<Instant>,
+}
+
+impl Syslog {
+    fn connect() -> Option<UnixDatagram> {
+        let s = UnixDatagram::unbound().ok()?;
+        s.connect(DEV_LOG).ok()?;
+        s.set_nonblocking(true).ok()?;
+        Some(s)
+    }
+
+    fn send(&mut self, level: u8, msg: &str) {
+        let now = Instant::now();
+        if self.socket.is_none() && self.next_try.is_none_or(|t| now >= t) {
+            self.socket = Self::connect();
+            self.next_try = Some(now + SYSLOG_RETRY);
+        }
+        let Some(socket) = &self.socket else { return };
+        for part in msg.lines() {
+            match socket.send(syslog_line(level, part).as_bytes()) {
+                Ok(_) => {}
+                // A full buffer drops this message; a gone reader (syslog restarting) drops
+                // the socket, to reconnect when it is back.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.socket = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One syslog datagram (RFC 3164 without timestamp and host: syslogd adds them).
+fn syslog_line(level: u8, msg: &str) -> String {
+    format!("<{}>ros[1]: {msg}", FACILITY_DAEMON * 8 + level)
+}
+
 struct KmsgLogger {
     sink: Mutex<Option<File>>,
+    syslog: Mutex<Syslog>,
     ring: Mutex<VecDeque<String>>,
 }
 
@@ -37,6 +92,7 @@ static LOGGER: OnceLock<KmsgLogger> = OnceLock::new();
 fn logger() -> &'static KmsgLogger {
     LOGGER.get_or_init(|| KmsgLogger {
         sink: Mutex::new(None),
+        syslog: Mutex::new(Syslog::default()),
         ring: Mutex::new(VecDeque::new()),
     })
 }
@@ -48,6 +104,9 @@ impl KmsgLogger {
                 ring.pop_front();
             }
             ring.push_back(msg.to_string());
+        }
+        if let Ok(mut syslog) = self.syslog.lock() {
+            syslog.send(level, msg);
         }
         let Ok(mut sink) = self.sink.lock() else {
             return;
@@ -127,5 +186,11 @@ mod tests {
         assert_eq!(kern_level(log::Level::Error), 3);
         assert_eq!(kern_level(log::Level::Info), 6);
         const { assert!(NOTICE < 6) };
+    }
+
+    #[test]
+    fn syslog_lines_carry_facility_daemon_and_the_level() {
+        assert_eq!(syslog_line(3, "boom"), "<27>ros[1]: boom");
+        assert_eq!(syslog_line(NOTICE, "ready"), "<29>ros[1]: ready");
     }
 }
