@@ -25,7 +25,7 @@ use crate::runtime::daemon::Instance;
 use crate::supervisor::daemons::Daemons;
 use crate::supervisor::fleet::{self, Fleet};
 use crate::supervisor::reaper::{Reaped, Reaper};
-use crate::supervisor::{shell, Owner};
+use crate::supervisor::{shell, waiters, Owner};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -378,6 +378,11 @@ fn handle_reaped(
                 Some(d) => d.exited(name, r.exit),
                 None => log::warn!("containerd {} ended ({})", name.as_str(), r.exit),
             },
+            Some(Owner::Waiter(id)) => {
+                if !waiters::deliver(id, r.exit) {
+                    log::debug!("helper {} ended ({}), nobody waits for it", r.pid, r.exit);
+                }
+            }
             None => log::debug!("reaped orphan {} ({})", r.pid, r.exit),
         }
     }

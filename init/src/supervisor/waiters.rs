@@ -1,0 +1,67 @@
+//! Exit waiters: how code outside PID 1's serve loop waits for a child it spawned through the
+//! one reaper (a CNI plugin, iptables) without calling `wait` itself.
+//!
+//! Owns a process-wide table of waiter ids → channels. A spawner registers first (getting an
+//! id and a receiver), spawns with `Owner::Waiter(id)` through `Reaper::spawn`, and blocks on
+//! the receiver; the serve loop hands every reaped `Owner::Waiter(id)` exit to [`deliver`].
+//! Must not: wait for or reap processes (only the reaper does), or block: `deliver` only sends.
+//!
+//! Limitations: during shutdown the reaper discards exits, so a waiter then times out.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Mutex;
+
+use super::reaper::Exit;
+
+/// Identifies one registered waiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WaiterId(u64);
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+static WAITERS: Mutex<BTreeMap<u64, Sender<Exit>>> = Mutex::new(BTreeMap::new());
+
+/// Registers a waiter; its exit arrives on the receiver once the reaper collected it.
+pub fn register() -> (WaiterId, Receiver<Exit>) {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = channel();
+    WAITERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, tx);
+    (WaiterId(id), rx)
+}
+
+/// Forgets a waiter whose child was never spawned (or no longer matters).
+pub fn cancel(id: WaiterId) {
+    WAITERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id.0);
+}
+
+/// Hands a reaped exit to its waiter. Returns false when nobody waits for it any more.
+pub fn deliver(id: WaiterId, exit: Exit) -> bool {
+    let tx = WAITERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id.0);
+    tx.is_some_and(|tx| tx.send(exit).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exit_reaches_its_waiter_once() {
+        let (id, rx) = register();
+        assert!(deliver(id, Exit::Code(3)));
+        assert_eq!(rx.recv().ok(), Some(Exit::Code(3)));
+        assert!(!deliver(id, Exit::Code(4)), "delivered twice");
+        let (id, _rx) = register();
+        cancel(id);
+        assert!(!deliver(id, Exit::Code(0)));
+    }
+}
