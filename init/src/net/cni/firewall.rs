@@ -99,6 +99,8 @@ pub struct Tools<'a> {
     pub iptables: &'a Path,
     /// `iptables-restore`.
     pub iptables_restore: &'a Path,
+    /// `iptables-save`.
+    pub iptables_save: &'a Path,
     /// `PATH` for them.
     pub path_env: &'a str,
 }
@@ -110,6 +112,16 @@ fn run(
     args: &[&str],
     stdin: &str,
 ) -> Result<Exit, FirewallError> {
+    run_output(runner, tools, program, args, stdin).map(|(exit, _)| exit)
+}
+
+fn run_output(
+    runner: &dyn PluginRunner,
+    tools: &Tools<'_>,
+    program: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> Result<(Exit, String), FirewallError> {
     let inv = Invocation {
         program: program.to_owned(),
         args: args.iter().map(|a| a.to_string()).collect(),
@@ -119,7 +131,10 @@ fn run(
     };
     let done = runner.run(&inv)?;
     if done.success() {
-        return Ok(done.exit);
+        return Ok((
+            done.exit,
+            String::from_utf8_lossy(&done.stdout).into_owned(),
+        ));
     }
     Err(FirewallError::Failed {
         command: format!("{} {}", program.display(), args.join(" ")),
@@ -159,10 +174,155 @@ pub fn apply(
     }
 }
 
+/// The nat table as `iptables-save -t nat` prints it.
+pub fn save_nat(runner: &dyn PluginRunner, tools: &Tools<'_>) -> Result<String, FirewallError> {
+    run_output(runner, tools, tools.iptables_save, &["-t", "nat"], "").map(|(_, out)| out)
+}
+
+/// The comment the bridge plugin puts on a workload's masquerade rules, as iptables-save
+/// quotes it.
+fn masq_comment(workload: &str) -> String {
+    format!("--comment \"name: \\\"{BRIDGE}\\\" id: \\\"{workload}\\\"\"")
+}
+
+/// The `iptables-restore --noflush` text that removes a workload's masquerade rules from a
+/// nat table dump (`save`): its `POSTROUTING` jumps and the `CNI-…` chains they jump to. The
+/// bridge plugin (1.1.1) removes them only when the workload's namespace still exists, so a
+/// DEL after a crash leaves them; `None` when there is nothing left.
+pub fn masquerade_leftovers(save: &str, workload: &str) -> Option<String> {
+    let comment = masq_comment(workload);
+    let mut deletes = Vec::new();
+    let mut chains = Vec::new();
+    for line in save.lines() {
+        let Some(rule) = line.strip_prefix("-A POSTROUTING ") else {
+            continue;
+        };
+        if !rule.contains(&comment) {
+            continue;
+        }
+        let Some(chain) = rule.rsplit_once(" -j ").map(|(_, c)| c.trim()) else {
+            continue;
+        };
+        if chain.starts_with("CNI-") && !chain.contains(' ') {
+            deletes.push(format!("-D POSTROUTING {rule}"));
+            chains.push(chain.to_string());
+        }
+    }
+    if deletes.is_empty() {
+        return None;
+    }
+    let mut out = String::from("*nat\n");
+    for d in deletes {
+        let _ = writeln!(out, "{d}");
+    }
+    for c in chains {
+        let _ = writeln!(out, "-F {c}");
+        let _ = writeln!(out, "-X {c}");
+    }
+    out.push_str("COMMIT\n");
+    Some(out)
+}
+
+/// Removes what [`masquerade_leftovers`] finds; returns whether there was anything.
+pub fn remove_masquerade_leftovers(
+    runner: &dyn PluginRunner,
+    tools: &Tools<'_>,
+    workload: &str,
+) -> Result<bool, FirewallError> {
+    let save = save_nat(runner, tools)?;
+    let Some(text) = masquerade_leftovers(&save, workload) else {
+        return Ok(false);
+    };
+    run(
+        runner,
+        tools,
+        tools.iptables_restore,
+        &["-w", "--noflush"],
+        &text,
+    )?;
+    Ok(true)
+}
+
+/// Checks in a nat table dump that portmap's DNAT rules for `workload` publish every mapping
+/// to `address` — ros's own CHECK of published ports, used where portmap 1.1.1's CHECK fails
+/// on an IPv4-only workload (it also checks the IPv6 chain it never created). `Err` says what
+/// is missing.
+pub fn check_published(
+    save: &str,
+    workload: &str,
+    address: std::net::Ipv4Addr,
+    ports: &[crate::config::ports::PortMapping],
+) -> Result<(), String> {
+    if ports.is_empty() {
+        return Ok(());
+    }
+    let comment = format!("--comment \"dnat name: \\\"{BRIDGE}\\\" id: \\\"{workload}\\\"\"");
+    let chains: Vec<&str> = save
+        .lines()
+        .filter(|l| l.starts_with("-A CNI-HOSTPORT-DNAT ") && l.contains(&comment))
+        .filter_map(|l| l.rsplit_once(" -j ").map(|(_, c)| c.trim()))
+        .collect();
+    if chains.is_empty() {
+        return Err(format!("no CNI-HOSTPORT-DNAT jump for workload {workload}"));
+    }
+    for p in ports {
+        let want = format!(
+            "-p {proto} -m {proto} --dport {host} -j DNAT --to-destination {address}:{container}",
+            proto = p.protocol,
+            host = p.host,
+            container = p.container,
+        );
+        let found = save.lines().any(|l| {
+            chains
+                .iter()
+                .any(|c| l.starts_with(&format!("-A {c} ")) && l.ends_with(&want))
+        });
+        if !found {
+            return Err(format!("no DNAT rule for {p} to {address}"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::schema::WorkloadNetwork;
+
+    const NAT: &str = include_str!("golden/06_nat.save");
+
+    #[test]
+    fn masquerade_leftovers_of_one_workload_are_found() {
+        assert_eq!(
+            masquerade_leftovers(NAT, "a").as_deref(),
+            Some(include_str!("golden/07_masquerade_leftovers_a.rules"))
+        );
+        assert_eq!(masquerade_leftovers(NAT, "zz"), None);
+        // A prefix of another id is not that id.
+        assert_eq!(masquerade_leftovers(NAT, "b2"), None);
+    }
+
+    #[test]
+    fn published_ports_are_checked_in_the_nat_table() {
+        use crate::config::ports::{PortMapping, Protocol};
+        let ip = std::net::Ipv4Addr::new(10, 88, 0, 2);
+        let m = |host, container, protocol| PortMapping {
+            host,
+            container,
+            protocol,
+        };
+        assert_eq!(
+            check_published(NAT, "a", ip, &[m(8080, 80, Protocol::Tcp)]),
+            Ok(())
+        );
+        assert!(check_published(NAT, "a", ip, &[m(8081, 80, Protocol::Tcp)]).is_err());
+        assert!(check_published(NAT, "a", ip, &[m(8080, 80, Protocol::Udp)]).is_err());
+        let other = std::net::Ipv4Addr::new(10, 88, 0, 9);
+        assert!(check_published(NAT, "a", other, &[m(8080, 80, Protocol::Tcp)]).is_err());
+        assert!(check_published(NAT, "b", ip, &[m(8080, 80, Protocol::Tcp)])
+            .is_err_and(|e| e.contains("no CNI-HOSTPORT-DNAT jump")));
+        assert_eq!(check_published(NAT, "b", ip, &[]), Ok(()));
+    }
 
     #[test]
     fn rules_match_golden() {

@@ -210,6 +210,8 @@ pub struct Paths {
     pub iptables: PathBuf,
     /// `iptables-restore`.
     pub iptables_restore: PathBuf,
+    /// `iptables-save`.
+    pub iptables_save: PathBuf,
     /// `PATH` for plugins (they run `iptables`).
     pub path_env: String,
 }
@@ -224,6 +226,7 @@ impl Paths {
             netns: netns::NETNS_DIR.into(),
             iptables: "/usr/sbin/iptables".into(),
             iptables_restore: "/usr/sbin/iptables-restore".into(),
+            iptables_save: "/usr/sbin/iptables-save".into(),
             path_env: "/usr/sbin:/usr/bin:/sbin:/bin".into(),
         }
     }
@@ -336,14 +339,22 @@ impl Cni {
         conflist::conflist(&self.net, &self.paths.ipam())
     }
 
-    /// Writes ros's host rules for the bridge (see `firewall`).
-    pub fn apply_firewall(&self) -> Result<(), CniError> {
-        let tools = firewall::Tools {
+    fn tools(&self) -> firewall::Tools<'_> {
+        firewall::Tools {
             iptables: &self.paths.iptables,
             iptables_restore: &self.paths.iptables_restore,
+            iptables_save: &self.paths.iptables_save,
             path_env: &self.paths.path_env,
-        };
-        Ok(firewall::apply(self.runner.as_ref(), &tools, &self.net)?)
+        }
+    }
+
+    /// Writes ros's host rules for the bridge (see `firewall`).
+    pub fn apply_firewall(&self) -> Result<(), CniError> {
+        Ok(firewall::apply(
+            self.runner.as_ref(),
+            &self.tools(),
+            &self.net,
+        )?)
     }
 
     fn cache_path(&self, workload: &str) -> PathBuf {
@@ -576,7 +587,7 @@ impl Cni {
         }
         let list = self.conflist();
         for plugin in conflist::plugins(&list) {
-            self.exec(
+            let checked = self.exec(
                 Command::Check,
                 workload,
                 Some(&cached.netns),
@@ -585,9 +596,49 @@ impl Cni {
                 &plugin,
                 Some(&cached.result),
                 &runtime,
-            )?;
+            );
+            match checked {
+                Err(CniError::Plugin {
+                    ref plugin,
+                    ref error,
+                    ..
+                }) if plugin == "portmap" && error.msg.starts_with("could not check ipv6") => {
+                    self.check_ports_v4(workload, &cached)?;
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// ros's CHECK of published ports, for an IPv4-only workload: portmap 1.1.1 checks the
+    /// IPv6 chain too whenever ip6tables works, and that chain never exists for IPv4.
+    fn check_ports_v4(&self, workload: &str, cached: &Cached) -> Result<(), CniError> {
+        let result: CniResult = serde_json::from_value(cached.result.clone())
+            .map_err(|e| state_err(&self.cache_path(workload))(e.to_string()))?;
+        let v4 = result.ips.iter().find_map(|ip| match ip.address.addr() {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+        let has_v6 = result.ips.iter().any(|ip| ip.address.addr().is_ipv6());
+        let fail = |reason: String| CniError::Plugin {
+            workload: workload.to_string(),
+            plugin: "portmap".to_string(),
+            command: Command::Check,
+            error: ErrorObject {
+                cni_version: CNI_VERSION.to_string(),
+                code: 999,
+                msg: reason,
+                details: "checked by ros in the nat table".to_string(),
+            },
+        };
+        let (Some(addr), false) = (v4, has_v6) else {
+            return Err(fail("could not check ipv6 dnat".to_string()));
+        };
+        let save = firewall::save_nat(self.runner.as_ref(), &self.tools())?;
+        firewall::check_published(&save, workload, addr, &cached.ports).map_err(fail)
     }
 
     /// DEL across the chain in reverse, then the loopback; every plugin runs, the first error
@@ -652,7 +703,19 @@ impl Cni {
             Some(c) => (c.ports.clone(), Some(&c.result)),
             None => (Vec::new(), None),
         };
-        let del = self.del_all(workload, ns, &ports, prev);
+        let mut del = self.del_all(workload, ns, &ports, prev);
+        if del.is_ok() {
+            // The bridge plugin leaves the masquerade rules when the namespace is gone.
+            match firewall::remove_masquerade_leftovers(
+                self.runner.as_ref(),
+                &self.tools(),
+                workload,
+            ) {
+                Ok(true) => log::info!("workloads.{workload}: removed leftover masquerade rules"),
+                Ok(false) => {}
+                Err(e) => del = Err(e.into()),
+            }
+        }
         let gone = netns::delete(&self.paths.netns, workload).map_err(Self::netns_err(workload));
         if del.is_ok() {
             let path = self.cache_path(workload);
