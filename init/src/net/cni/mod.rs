@@ -121,7 +121,7 @@ pub enum CniError {
         /// The operation.
         command: Command,
         /// What the plugin reported.
-        error: ErrorObject,
+        error: Box<ErrorObject>,
     },
     /// The plugin failed without an error object.
     #[error("workloads.{workload}: CNI {command} {plugin}: {exit}: {stderr}")]
@@ -415,7 +415,7 @@ impl Cni {
                     workload: workload.to_string(),
                     plugin: kind,
                     command,
-                    error,
+                    error: Box::new(error),
                 },
                 None => CniError::PluginExit {
                     workload: workload.to_string(),
@@ -627,12 +627,12 @@ impl Cni {
             workload: workload.to_string(),
             plugin: "portmap".to_string(),
             command: Command::Check,
-            error: ErrorObject {
+            error: Box::new(ErrorObject {
                 cni_version: CNI_VERSION.to_string(),
                 code: 999,
                 msg: reason,
                 details: "checked by ros in the nat table".to_string(),
-            },
+            }),
         };
         let (Some(addr), false) = (v4, has_v6) else {
             return Err(fail("could not check ipv6 dnat".to_string()));
