@@ -64,6 +64,7 @@ pub const MODULES: &[&str] = &[
     "nf_tables",
     "nft_compat",
     "nft_chain_nat",
+    "nft_ct",
     "nf_nat",
     "nf_conntrack",
     "nf_conntrack_netlink",
