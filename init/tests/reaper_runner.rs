@@ -55,4 +55,19 @@ fn reaper_runner_runs_a_program_with_env_and_stdin_and_honours_its_timeout() {
     assert_eq!(reaper.registered(), 0, "the killed child was reaped");
     stop.store(true, Ordering::SeqCst);
     serve.join().unwrap();
+
+    // On the thread that reaps, a run would wait for itself: refused at once.
+    let on_reaper = std::thread::spawn(move || {
+        waiters::mark_reaping_thread();
+        runner.run(&Invocation {
+            program: "/bin/true".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: Vec::new(),
+            timeout: Duration::from_secs(10),
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(on_reaper, Err(RunError::ReapingThread { .. })));
 }

@@ -99,6 +99,8 @@ fn run() -> Result<Infallible, BootError> {
     // Stage 2, in the tmpfs root.
     let signals = Signals::block()?;
     let reaper: Reaper<Owner> = Reaper::default();
+    // This thread reaps (in `serve`): helpers spawned for waiters must run elsewhere.
+    waiters::mark_reaping_thread();
     phase("mounts", || {
         mounts::mount_missing(&LinuxSys, &mounts::early_plan(), &mounts::current())
     })?;
@@ -403,7 +405,12 @@ fn serve(
                 power::shutdown(
                     action,
                     &mut || {
-                        let _ = reaper.reap();
+                        // Helpers (CNI DEL at shutdown) still get their exits.
+                        for r in reaper.reap() {
+                            if let Some(Owner::Waiter(id)) = r.owner {
+                                waiters::deliver(id, r.exit);
+                            }
+                        }
                     },
                     &mut || {
                         if let Some(rt) = runtime.as_deref_mut() {

@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::thread::ThreadId;
 
 use super::reaper::Exit;
 
@@ -21,6 +22,21 @@ pub struct WaiterId(u64);
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
 static WAITERS: Mutex<BTreeMap<u64, Sender<Exit>>> = Mutex::new(BTreeMap::new());
+
+static REAPING_THREAD: OnceLock<ThreadId> = OnceLock::new();
+
+/// Marks the calling thread as the one that reaps and delivers (PID 1's main thread). A
+/// waiter on that thread would wait for itself: [`on_reaping_thread`] lets spawners refuse.
+pub fn mark_reaping_thread() {
+    let _ = REAPING_THREAD.set(std::thread::current().id());
+}
+
+/// Whether the calling thread is the one marked by [`mark_reaping_thread`].
+pub fn on_reaping_thread() -> bool {
+    REAPING_THREAD
+        .get()
+        .is_some_and(|id| *id == std::thread::current().id())
+}
 
 /// Registers a waiter; its exit arrives on the receiver once the reaper collected it.
 pub fn register() -> (WaiterId, Receiver<Exit>) {

@@ -35,7 +35,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -290,6 +290,9 @@ pub struct Cni {
     net: WorkloadNet,
     runner: Arc<dyn PluginRunner>,
     timeout: Duration,
+    /// One operation at a time: the 1.1.1 plugins create shared chains (`CNI-HOSTPORT-*`,
+    /// `CNI-FORWARD`) check-then-create, which races between concurrent calls.
+    serial: Mutex<()>,
 }
 
 /// Loads [`MODULES`] from `dir` (`/lib/modules/<release>`): built-ins and already loaded ones
@@ -327,7 +330,12 @@ impl Cni {
             net,
             runner,
             timeout: PLUGIN_TIMEOUT,
+            serial: Mutex::new(()),
         }
+    }
+
+    fn serial(&self) -> MutexGuard<'_, ()> {
+        self.serial.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The settings in use.
@@ -351,6 +359,7 @@ impl Cni {
 
     /// Writes ros's host rules for the bridge (see `firewall`).
     pub fn apply_firewall(&self) -> Result<(), CniError> {
+        let _one = self.serial();
         Ok(firewall::apply(
             self.runner.as_ref(),
             &self.tools(),
@@ -479,11 +488,12 @@ impl Cni {
     /// Leftovers of an earlier run of the same workload (a crash, a lost DEL) are detached
     /// first. On failure everything done is undone and the error returned.
     pub fn attach(&self, workload: &str, ports: &[PortMapping]) -> Result<Attached, CniError> {
+        let _one = self.serial();
         let ns_path =
             netns::path(&self.paths.netns, workload).map_err(Self::netns_err(workload))?;
         if self.cache_path(workload).exists() || fs::symlink_metadata(&ns_path).is_ok() {
             log::info!("workloads.{workload}: detaching a leftover network first");
-            if let Err(e) = self.detach(workload) {
+            if let Err(e) = self.detach_locked(workload) {
                 log::warn!("{e}");
             }
         }
@@ -567,6 +577,7 @@ impl Cni {
 
     /// CHECK: the workload's interfaces, address, routes, lease and rules are as ADD left them.
     pub fn check(&self, workload: &str) -> Result<(), CniError> {
+        let _one = self.serial();
         let cached = self
             .read_cache(workload)?
             .ok_or_else(|| CniError::NotAttached {
@@ -693,6 +704,11 @@ impl Cni {
     /// Detaches the workload: DEL (with the cached result, when there is one), then its
     /// namespace and cache entry. Safe to call again, and for a workload never attached.
     pub fn detach(&self, workload: &str) -> Result<(), CniError> {
+        let _one = self.serial();
+        self.detach_locked(workload)
+    }
+
+    fn detach_locked(&self, workload: &str) -> Result<(), CniError> {
         let ns_path =
             netns::path(&self.paths.netns, workload).map_err(Self::netns_err(workload))?;
         let cached = self.read_cache(workload).unwrap_or_else(|e| {
@@ -751,12 +767,13 @@ impl Cni {
     /// Detaches every workload with network state that is not in `live` (boot: nothing is
     /// live yet). Returns what was done, one entry per workload.
     pub fn cleanup(&self, live: &BTreeSet<String>) -> Vec<Cleaned> {
+        let _one = self.serial();
         self.known()
             .into_iter()
             .filter(|id| !live.contains(id))
             .filter(|id| netns::path(&self.paths.netns, id).is_ok())
             .map(|id| {
-                let outcome = self.detach(&id);
+                let outcome = self.detach_locked(&id);
                 Cleaned {
                     workload: id,
                     outcome,

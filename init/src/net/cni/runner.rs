@@ -79,6 +79,12 @@ pub enum RunError {
         /// The OS error.
         reason: String,
     },
+    /// Called on the thread that reaps: the exit could never be delivered.
+    #[error("cannot run {program} on the reaping thread (it would wait for itself)")]
+    ReapingThread {
+        /// The program.
+        program: PathBuf,
+    },
     /// It ran past its timeout and was killed.
     #[error("{program} did not finish within {timeout:?} and was killed")]
     TimedOut {
@@ -163,6 +169,11 @@ fn pipe(program: &Path) -> Result<(OwnedFd, OwnedFd), RunError> {
 impl PluginRunner for ReaperRunner {
     fn run(&self, inv: &Invocation) -> Result<Finished, RunError> {
         let program = inv.program.as_path();
+        if waiters::on_reaping_thread() {
+            return Err(RunError::ReapingThread {
+                program: program.to_owned(),
+            });
+        }
         let (in_r, in_w) = pipe(program)?;
         let (out_r, out_w) = pipe(program)?;
         let (err_r, err_w) = pipe(program)?;
