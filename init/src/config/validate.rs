@@ -1,9 +1,10 @@
 //! Semantic checks of a deserialised config, after serde accepted its shape.
 //!
 //! Owns: the rules serde cannot express (host name syntax, sysctl key and module name syntax,
-//! addresses, privileged workloads, ports outside bridge mode) — checked on every layer alone —
-//! and the rules that need the whole picture (an enabled container has an image, `depends_on`
-//! names exist, no dependency cycle) — checked on the merged config only.
+//! addresses, privileged workloads, ports outside bridge mode, port syntax, the workload subnet
+//! and host ports) — checked on every layer alone — and the rules that need the whole picture
+//! (an enabled container has an image, `depends_on` names exist, no dependency cycle, no host
+//! port published twice) — checked on the merged config only.
 //! Must not: know about layers, sources or lines; it returns the key path and the reason, and the
 //! caller locates them.
 
@@ -179,27 +180,33 @@ fn check_workload_network(w: &WorkloadNetwork) -> Result<(), Problem> {
     Ok(())
 }
 
-/// Two workloads cannot publish the same host port and protocol.
+/// Two containers cannot publish the same host port and protocol.
 fn check_published_ports(config: &Config) -> Result<(), Problem> {
-    let mut owners: BTreeMap<(u16, &'static str), &str> = BTreeMap::new();
-    for (name, c) in &config.workloads {
-        if !c.enabled {
-            continue;
-        }
-        for (i, text) in c.ports.iter().enumerate() {
-            let Ok(m) = PortMapping::parse(text) else {
-                continue; // reported by check_container
-            };
-            let key = (m.host, m.protocol.as_str());
-            if let Some(other) = owners.insert(key, name) {
-                return Err(indexed(
-                    &["workloads", name, "ports"],
-                    i,
-                    format!(
-                        "host port {}/{} is already published by workloads.{other}",
-                        m.host, m.protocol
-                    ),
-                ));
+    let mut owners: BTreeMap<(u16, &'static str), String> = BTreeMap::new();
+    for (section, map) in [
+        ("services", &config.services),
+        ("workloads", &config.workloads),
+    ] {
+        for (name, c) in map {
+            if !c.enabled {
+                continue;
+            }
+            for (i, text) in c.ports.iter().enumerate() {
+                let Ok(m) = PortMapping::parse(text) else {
+                    continue; // reported by check_container
+                };
+                let key = (m.host, m.protocol.as_str());
+                let me = format!("{section}.{name}");
+                if let Some(other) = owners.insert(key, me) {
+                    return Err(indexed(
+                        &[section, name, "ports"],
+                        i,
+                        format!(
+                            "host port {}/{} is already published by {other}",
+                            m.host, m.protocol
+                        ),
+                    ));
+                }
             }
         }
     }
