@@ -376,6 +376,10 @@ fn workloads_get_addresses_reach_each_other_publish_ports_and_are_fenced_from_th
             vec!["1.1.1.1".parse::<IpAddr>().unwrap_or(IpAddr::V4(UPLINK))]
         );
         assert!(w.host_veth.is_some(), "{w:?}");
+        assert!(w
+            .dns
+            .resolv_conf()
+            .contains("nameserver 1.1.1.1\nsearch lab.example\n"));
     }
     assert_ne!(a.address, b.address);
     let addr = nsenter(&a.netns, &["ip", "-4", "addr", "show", "dev", "eth0"]);

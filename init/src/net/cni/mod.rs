@@ -196,6 +196,9 @@ pub enum CniError {
     /// A kernel module.
     #[error("workload networking: {0}")]
     Module(String),
+    /// `[network.workloads]` does not hold.
+    #[error(transparent)]
+    Settings(#[from] conflist::SettingsError),
 }
 
 /// Where things are.
@@ -305,6 +308,32 @@ pub fn load_modules(db: &ModuleDb, dir: &Path) -> Result<(), CniError> {
         modules::load(db, dir, m).map_err(|e| CniError::Module(e.to_string()))?;
     }
     Ok(())
+}
+
+/// PID 1's start of workload networking, once, before the first workload: the kernel modules,
+/// the driver over the system paths and the reaper, ros's host rules, and the boot cleanup
+/// (nothing is live yet, so whatever state is found is detached; each failure is logged).
+/// Must run on a worker thread, not the one that reaps (plugins and iptables run through
+/// `runner`, whose exits that thread delivers).
+pub fn start(
+    config: &crate::config::schema::WorkloadNetwork,
+    nameservers: &[IpAddr],
+    search: &[String],
+    runner: Arc<dyn PluginRunner>,
+) -> Result<Cni, CniError> {
+    let net = WorkloadNet::new(config, nameservers, search)?;
+    let dir = modules::module_dir();
+    let db = ModuleDb::load(&dir).map_err(|e| CniError::Module(e.to_string()))?;
+    load_modules(&db, &dir)?;
+    let cni = Cni::new(Paths::system(), net, runner);
+    cni.apply_firewall()?;
+    for c in cni.cleanup(&BTreeSet::new()) {
+        match c.outcome {
+            Ok(()) => log::info!("workloads.{}: stale network removed", c.workload),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    Ok(cni)
 }
 
 fn state_err(path: &Path) -> impl FnOnce(String) -> CniError {

@@ -66,6 +66,24 @@ pub struct Dns {
 }
 
 impl Dns {
+    /// The workload's `/etc/resolv.conf`.
+    pub fn resolv_conf(&self) -> String {
+        let mut out = String::from("# Written by ros from the workload's CNI result.\n");
+        for ns in &self.nameservers {
+            out.push_str(&format!("nameserver {ns}\n"));
+        }
+        if let Some(domain) = &self.domain {
+            out.push_str(&format!("domain {domain}\n"));
+        }
+        if !self.search.is_empty() {
+            out.push_str(&format!("search {}\n", self.search.join(" ")));
+        }
+        if !self.options.is_empty() {
+            out.push_str(&format!("options {}\n", self.options.join(" ")));
+        }
+        out
+    }
+
     /// No settings at all.
     pub fn is_empty(&self) -> bool {
         self.nameservers.is_empty()
@@ -229,6 +247,24 @@ mod tests {
         assert!(RawResult::parse(br#"{"cniVersion":"1.0.0"}"#).is_ok());
         assert!(RawResult::parse(b"not json").is_err());
         assert!(RawResult::parse(br#"{"ips":[{"address":"bad"}]}"#).is_err());
+    }
+
+    #[test]
+    fn dns_renders_as_resolv_conf() {
+        let d = Dns {
+            nameservers: vec![IpAddr::from([10, 88, 0, 1]), IpAddr::from([1, 1, 1, 1])],
+            domain: None,
+            search: vec!["lab.example".into(), "corp.example".into()],
+            options: vec!["ndots:2".into()],
+        };
+        assert_eq!(
+            d.resolv_conf(),
+            "# Written by ros from the workload's CNI result.\n\
+             nameserver 10.88.0.1\n\
+             nameserver 1.1.1.1\n\
+             search lab.example corp.example\n\
+             options ndots:2\n"
+        );
     }
 
     #[test]
