@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -209,6 +209,67 @@ impl Drop for Server {
     }
 }
 
+/// A UDP server in a namespace that answers each datagram with the sender's address, until
+/// dropped (bounded: at most 60 s).
+struct UdpServer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpServer {
+    fn start(ns: &Path, addr: SocketAddr) -> UdpServer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let ns = ns.to_owned();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let file = File::open(&ns).unwrap_or_else(|e| panic!("{}: {e}", ns.display()));
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns: {e}"));
+            let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+            sock.set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let _ = ready_tx.send(());
+            let end = Instant::now() + Duration::from_secs(60);
+            let mut buf = [0u8; 512];
+            while !flag.load(Ordering::SeqCst) && Instant::now() < end {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("udp server on {addr} did not start: {e}"));
+        UdpServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UdpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Sends a datagram from namespace `ns` to `addr`; the answer, or the error (1.5 s timeout).
+fn ask_udp(ns: &Path, addr: SocketAddr) -> Result<String, String> {
+    in_netns(ns, || {
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        sock.set_read_timeout(Some(Duration::from_millis(1500)))
+            .map_err(|e| e.to_string())?;
+        sock.send_to(b"?", addr).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 512];
+        let (n, _) = sock.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
 /// Connects from namespace `ns` to `addr`; the peer address the server saw, or the error.
 fn connect(ns: &Path, addr: SocketAddr) -> Result<String, String> {
     in_netns(ns, || {
@@ -359,7 +420,17 @@ fn workloads_get_addresses_reach_each_other_publish_ports_and_are_fenced_from_th
     host.with(|c| c.apply_firewall())
         .unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
-    let a = host.attach("a", &[tcp(8080, 80)]);
+    let a = host.attach(
+        "a",
+        &[
+            tcp(8080, 80),
+            PortMapping {
+                host: 5353,
+                container: 53,
+                protocol: Protocol::Udp,
+            },
+        ],
+    );
     eprintln!("attach a: {:.3}s", started.elapsed().as_secs_f64());
     let b = host.attach("b", &[]);
 
@@ -419,6 +490,15 @@ fn workloads_get_addresses_reach_each_other_publish_ports_and_are_fenced_from_th
         "published port from workload b: {hairpin:?}"
     );
 
+    // … and the UDP one, 5353 → a:53.
+    let ua = UdpServer::start(&a.netns, sock(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 53));
+    assert_eq!(
+        ask_udp(&client.path(), sock(IpAddr::V4(UPLINK), 5353)),
+        Ok(CLIENT.to_string()),
+        "published UDP port from outside"
+    );
+    drop(ua);
+
     // Outbound: masqueraded behind the host's address.
     let sc = Server::start(&client.path(), sock(IpAddr::V4(CLIENT), 7001));
     assert_eq!(
@@ -440,6 +520,9 @@ fn workloads_get_addresses_reach_each_other_publish_ports_and_are_fenced_from_th
             "workload reached the host at {target}:9999: {r:?}"
         );
     }
+    // DNS on the host is not for workloads unless a workload resolver is the bridge address.
+    let _dns = UdpServer::start(&host.ns.path(), sock(any, 53));
+    assert!(ask_udp(&a.netns, sock(IpAddr::V4(GATEWAY), 53)).is_err());
     // The host still reaches its own listeners (the rules only match ros0).
     assert!(connect(&host.ns.path(), sock(IpAddr::V4(UPLINK), 9999)).is_ok());
 
@@ -496,12 +579,13 @@ fn isolated_workloads_do_not_reach_each_other() {
     if !is_root() {
         return;
     }
+    // The host serves DNS to workloads (their resolver is the bridge address).
     let host = Host::new(
         WorkloadNetwork {
             isolate: true,
             ..WorkloadNetwork::default()
         },
-        &[],
+        &["10.88.0.1"],
     );
     host.with(|c| c.apply_firewall())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -510,6 +594,15 @@ fn isolated_workloads_do_not_reach_each_other() {
     let _sb = Server::start(&b.netns, sock(IpAddr::V4(v4(&b)), 7000));
     let r = connect(&a.netns, sock(IpAddr::V4(v4(&b)), 7000));
     assert!(r.is_err(), "isolated workloads connected: {r:?}");
+    // … but each still reaches the host's DNS, and nothing else on the host.
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let _dns = UdpServer::start(&host.ns.path(), sock(any, 53));
+    assert_eq!(
+        ask_udp(&a.netns, sock(IpAddr::V4(GATEWAY), 53)),
+        Ok(v4(&a).to_string())
+    );
+    let _other = Server::start(&host.ns.path(), sock(any, 9999));
+    assert!(connect(&a.netns, sock(IpAddr::V4(GATEWAY), 9999)).is_err());
     let rules = host.iptables_save();
     assert!(
         rules.contains("-A ROS-ADMIN -i ros0 -o ros0"),
@@ -537,7 +630,10 @@ fn boot_cleanup_removes_stale_leases_rules_and_namespaces() {
     let host = Host::new(WorkloadNetwork::default(), &[]);
     host.with(|c| c.apply_firewall())
         .unwrap_or_else(|e| panic!("{e}"));
+    let first = host.attach("live", &[tcp(8081, 80)]);
+    // Attaching again (a restart whose detach was lost) replaces the first attachment.
     let live = host.attach("live", &[tcp(8081, 80)]);
+    let _ = first;
     let stale = host.attach("stale", &[tcp(8082, 80)]);
     // A workload that crashed with its namespace gone, and an empty namespace placeholder.
     let crashed = host.attach("crashed", &[tcp(8083, 80)]);
