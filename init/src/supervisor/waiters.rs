@@ -6,7 +6,8 @@
 //! the receiver; the serve loop hands every reaped `Owner::Waiter(id)` exit to [`deliver`].
 //! Must not: wait for or reap processes (only the reaper does), or block: `deliver` only sends.
 //!
-//! Limitations: during shutdown the reaper discards exits, so a waiter then times out.
+//! Limitations: while `Daemons::stop` waits for containerd at shutdown it reaps for itself and
+//! drops other exits, so a waiter whose child ends in that window times out.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
