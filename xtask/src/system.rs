@@ -84,6 +84,19 @@ pub struct SystemManifest {
     pub dirs: Vec<String>,
     #[serde(rename = "binary")]
     pub binaries: Vec<BinarySpec>,
+    /// Symbolic links no package ships (Debian's update-alternatives links, e.g.
+    /// `/usr/sbin/iptables` → `iptables-nft`).
+    #[serde(rename = "link", default)]
+    pub links: Vec<LinkSpec>,
+}
+
+/// `[[link]]`: a symbolic link at `path` (absolute) pointing to `target` (as written, usually
+/// relative). The target must resolve to a staged file, which the build checks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    pub path: String,
+    pub target: String,
 }
 
 /// `[[binary]]`: executables of one package, at their Debian paths (a path that is a symlink in
@@ -105,7 +118,14 @@ impl SystemManifest {
             path: path.to_owned(),
             reason,
         };
-        for p in m.binaries.iter().flat_map(|b| &b.paths).chain(&m.dirs) {
+        let link_paths = m.links.iter().map(|l| &l.path);
+        for p in m
+            .binaries
+            .iter()
+            .flat_map(|b| &b.paths)
+            .chain(&m.dirs)
+            .chain(link_paths)
+        {
             let rel = p.trim_start_matches('/');
             if !p.starts_with('/')
                 || rel.is_empty()
@@ -118,6 +138,13 @@ impl SystemManifest {
         }
         if m.binaries.is_empty() {
             return Err(bad("no [[binary]]".into()));
+        }
+        if let Some(l) = m
+            .links
+            .iter()
+            .find(|l| l.target.is_empty() || l.target.contains('\0'))
+        {
+            return Err(bad(format!("[[link]] `{}` has no target", l.path)));
         }
         Ok(m)
     }
@@ -272,6 +299,20 @@ pub fn stage(
     for (name, target) in USRMERGE {
         fs::create_dir_all(staging.join(target)).map_err(io_err(&staging.join(target)))?;
         make_link(target, &staging.join(name))?;
+    }
+    for l in &manifest.links {
+        let at = staging.join(l.path.trim_start_matches('/'));
+        make_link(&l.target, &at)?;
+        // A dangling link would only fail at run time, in the guest: refuse it here.
+        if fs::metadata(&at).is_err() {
+            return Err(SystemError::Invalid {
+                path: manifest_path.to_owned(),
+                reason: format!(
+                    "[[link]] {} -> {} points to nothing in the image",
+                    l.path, l.target
+                ),
+            });
+        }
     }
     let mut special = BTreeMap::new();
     for d in &manifest.dirs {

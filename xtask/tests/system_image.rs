@@ -42,6 +42,12 @@ fn staged_runtime_takes_every_library_from_the_pinned_packages() {
         "usr/bin/containerd-shim-runc-v2",
         "usr/bin/ctr",
         "usr/sbin/runc",
+        "usr/lib/cni/bridge",
+        "usr/lib/cni/host-local",
+        "usr/lib/cni/portmap",
+        "usr/lib/cni/firewall",
+        "usr/lib/cni/loopback",
+        "usr/sbin/xtables-nft-multi",
     ] {
         let p = root.join(bin);
         let info = elf::read_info(&p).unwrap();
@@ -77,10 +83,45 @@ fn staged_runtime_takes_every_library_from_the_pinned_packages() {
         [
             "ld-linux-x86-64.so.2",
             "libc.so.6",
+            "libmnl.so.0",
+            "libmnl.so.0.2.0",
+            "libnftnl.so.11",
+            "libnftnl.so.11.6.0",
             "libseccomp.so.2",
-            "libseccomp.so.2.6.0"
+            "libseccomp.so.2.6.0",
+            "libxtables.so.12",
+            "libxtables.so.12.7.0",
+            "xtables",
         ]
     );
+    // iptables: the alternatives links of system.toml's [[link]], down to the multi-call binary,
+    // and the extensions the rules use (dlopen()ed, so listed one by one).
+    for link in [
+        "usr/sbin/iptables",
+        "usr/sbin/iptables-restore",
+        "usr/sbin/iptables-save",
+    ] {
+        assert_eq!(
+            fs::canonicalize(root.join(link)).unwrap(),
+            fs::canonicalize(root.join("usr/sbin/xtables-nft-multi")).unwrap(),
+            "{link}"
+        );
+    }
+    assert_eq!(
+        fs::read_link(root.join("usr/sbin/iptables")).unwrap(),
+        Path::new("iptables-nft")
+    );
+    for ext in [
+        "standard",
+        "comment",
+        "conntrack",
+        "MASQUERADE",
+        "DNAT",
+        "addrtype",
+    ] {
+        let p = root.join(format!("usr/lib/x86_64-linux-gnu/xtables/libxt_{ext}.so"));
+        assert!(p.exists(), "{}", p.display());
+    }
 }
 
 #[test]

@@ -25,7 +25,7 @@ use crate::runtime::daemon::Instance;
 use crate::supervisor::daemons::Daemons;
 use crate::supervisor::fleet::{self, Fleet};
 use crate::supervisor::reaper::{Reaped, Reaper};
-use crate::supervisor::{shell, Owner};
+use crate::supervisor::{shell, waiters, Owner};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -99,6 +99,8 @@ fn run() -> Result<Infallible, BootError> {
     // Stage 2, in the tmpfs root.
     let signals = Signals::block()?;
     let reaper: Reaper<Owner> = Reaper::default();
+    // This thread reaps (in `serve`): helpers spawned for waiters must run elsewhere.
+    waiters::mark_reaping_thread();
     phase("mounts", || {
         mounts::mount_missing(&LinuxSys, &mounts::early_plan(), &mounts::current())
     })?;
@@ -378,6 +380,11 @@ fn handle_reaped(
                 Some(d) => d.exited(name, r.exit),
                 None => log::warn!("containerd {} ended ({})", name.as_str(), r.exit),
             },
+            Some(Owner::Waiter(id)) => {
+                if !waiters::deliver(id, r.exit) {
+                    log::debug!("helper {} ended ({}), nobody waits for it", r.pid, r.exit);
+                }
+            }
             None => log::debug!("reaped orphan {} ({})", r.pid, r.exit),
         }
     }
@@ -398,7 +405,12 @@ fn serve(
                 power::shutdown(
                     action,
                     &mut || {
-                        let _ = reaper.reap();
+                        // Helpers (CNI DEL at shutdown) still get their exits.
+                        for r in reaper.reap() {
+                            if let Some(Owner::Waiter(id)) = r.owner {
+                                waiters::deliver(id, r.exit);
+                            }
+                        }
                     },
                     &mut || {
                         if let Some(rt) = runtime.as_deref_mut() {

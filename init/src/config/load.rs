@@ -280,6 +280,47 @@ mod tests {
     }
 
     #[test]
+    fn workload_network_merges_key_by_key_and_errors_name_key_and_line() {
+        let low = layer(
+            "image",
+            "[network.workloads]\nsubnet = \"172.30.0.0/16\"\nhost_ports = [\"53/udp\"]\n",
+        );
+        let high = layer("local", "[network.workloads]\nisolate = true\n");
+        let c = match effective(&[low, high]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.network.workloads.subnet, "172.30.0.0/16");
+        assert!(c.network.workloads.isolate);
+        assert_eq!(c.network.workloads.host_ports, ["53/udp"]);
+        assert_eq!(
+            effective(&[]).map(|c| c.network.workloads.subnet).ok(),
+            Some("10.88.0.0/16".to_string())
+        );
+        // A layer is checked on its own: the error names the key and the line in it.
+        let bad = Layer::parse(
+            "local",
+            "[network.workloads]\n# comment\nsubnet = \"10.88.0.0/33\"\n",
+        );
+        assert_eq!(
+            bad.err().map(|e| e.to_string()),
+            Some("network.workloads.subnet (line 3): invalid subnet \"10.88.0.0/33\": expected an IPv4 CIDR like 10.88.0.0/16".to_string())
+        );
+        let ports = Layer::parse(
+            "local",
+            "[workloads.web]\nimage = \"w\"\nports = [\"8080:80/tcp\", \"80\"]\n",
+        );
+        assert_eq!(
+            ports.err().map(|e| e.to_string()),
+            Some("workloads.web.ports[1] (line 3): invalid port mapping \"80\": expected HOST:CONTAINER[/tcp|/udp], like \"8080:80/tcp\"".to_string())
+        );
+        assert!(
+            Layer::parse("local", "[network.workloads]\nbridge = \"br0\"\n")
+                .is_err_and(|e| e.to_string().contains("unknown field `bridge`"))
+        );
+    }
+
+    #[test]
     fn workloads_may_depend_on_services() {
         let l = layer("local", "[services.db]\nimage = \"db\"\n[workloads.web]\nimage = \"w\"\ndepends_on = [\"db\"]\n");
         assert!(effective(&[l]).is_ok());

@@ -16,6 +16,7 @@ pub mod error;
 pub mod keypath;
 pub mod layers;
 pub mod load;
+pub mod ports;
 pub mod schema;
 mod spans;
 pub mod units;

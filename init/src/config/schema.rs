@@ -155,6 +155,36 @@ pub struct Network {
     pub wait_timeout_s: u64,
     /// Interface key (a name you choose) to its settings.
     pub interfaces: BTreeMap<String, Interface>,
+    /// The workload bridge `ros0` (`net = "bridge"`).
+    pub workloads: WorkloadNetwork,
+}
+
+/// `[network.workloads]`: the bridge network of workloads (docs/network.md "Workload
+/// networking").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkloadNetwork {
+    /// IPv4 subnet the workloads' addresses come from (CIDR, the network address); the bridge
+    /// takes its first address as the workloads' gateway.
+    pub subnet: String,
+    /// Workloads cannot reach each other over the bridge.
+    pub isolate: bool,
+    /// Ports on the host that workloads may reach (`53/udp`, `9100`, tcp by default); every
+    /// other connection from the bridge to the host is dropped.
+    pub host_ports: Vec<String>,
+}
+
+/// The default workload subnet.
+pub const DEFAULT_WORKLOAD_SUBNET: &str = "10.88.0.0/16";
+
+impl Default for WorkloadNetwork {
+    fn default() -> Self {
+        WorkloadNetwork {
+            subnet: DEFAULT_WORKLOAD_SUBNET.to_string(),
+            isolate: false,
+            host_ports: Vec::new(),
+        }
+    }
 }
 
 impl Default for Network {
@@ -165,6 +195,7 @@ impl Default for Network {
             wait: NetworkWait::Any,
             wait_timeout_s: 30,
             interfaces: BTreeMap::new(),
+            workloads: WorkloadNetwork::default(),
         }
     }
 }

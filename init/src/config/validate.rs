@@ -1,9 +1,10 @@
 //! Semantic checks of a deserialised config, after serde accepted its shape.
 //!
 //! Owns: the rules serde cannot express (host name syntax, sysctl key and module name syntax,
-//! addresses, privileged workloads, ports outside bridge mode) — checked on every layer alone —
-//! and the rules that need the whole picture (an enabled container has an image, `depends_on`
-//! names exist, no dependency cycle) — checked on the merged config only.
+//! addresses, privileged workloads, ports outside bridge mode, port syntax, the workload subnet
+//! and host ports) — checked on every layer alone — and the rules that need the whole picture
+//! (an enabled container has an image, `depends_on` names exist, no dependency cycle, no host
+//! port published twice) — checked on the merged config only.
 //! Must not: know about layers, sources or lines; it returns the key path and the reason, and the
 //! caller locates them.
 
@@ -11,7 +12,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::error::PathSeg;
-use super::schema::{Config, Container, Interface, Kind, NetMode};
+use super::ports::{HostPort, PortMapping};
+use super::schema::{Config, Container, Interface, Kind, NetMode, WorkloadNetwork};
 
 /// What to check: a layer alone, or the merged config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +119,7 @@ pub fn check(config: &Config, scope: Scope) -> Result<(), Problem> {
     for (name, iface) in &config.network.interfaces {
         check_interface(name, iface)?;
     }
+    check_workload_network(&config.network.workloads)?;
     for (kind, map, section) in [
         (Kind::Service, &config.services, "services"),
         (Kind::Workload, &config.workloads, "workloads"),
@@ -127,6 +130,85 @@ pub fn check(config: &Config, scope: Scope) -> Result<(), Problem> {
     }
     if scope == Scope::Merged {
         check_depends_on(config)?;
+        check_published_ports(config)?;
+    }
+    Ok(())
+}
+
+fn indexed(keys: &[&str], i: usize, reason: String) -> Problem {
+    let mut p = at(keys, reason);
+    p.path.push(PathSeg::Index(i));
+    p
+}
+
+/// The smallest workload subnet: network, gateway, one workload, broadcast.
+const MAX_WORKLOAD_PREFIX: u8 = 29;
+
+fn check_workload_network(w: &WorkloadNetwork) -> Result<(), Problem> {
+    let key = ["network", "workloads", "subnet"];
+    let net = w.subnet.parse::<ipnet::Ipv4Net>().map_err(|_| {
+        at(
+            &key,
+            format!(
+                "invalid subnet {:?}: expected an IPv4 CIDR like 10.88.0.0/16",
+                w.subnet
+            ),
+        )
+    })?;
+    ensure(net.network() == net.addr(), &key, || {
+        format!(
+            "invalid subnet {:?}: host bits are set (the network is {})",
+            w.subnet,
+            net.trunc()
+        )
+    })?;
+    ensure(net.prefix_len() <= MAX_WORKLOAD_PREFIX, &key, || {
+        format!(
+            "subnet {:?} is too small: at most /{MAX_WORKLOAD_PREFIX}",
+            w.subnet
+        )
+    })?;
+    let mut seen = Vec::new();
+    for (i, text) in w.host_ports.iter().enumerate() {
+        let keys = ["network", "workloads", "host_ports"];
+        let port = HostPort::parse(text).map_err(|e| indexed(&keys, i, e.to_string()))?;
+        if seen.contains(&port) {
+            return Err(indexed(&keys, i, format!("{port} is listed twice")));
+        }
+        seen.push(port);
+    }
+    Ok(())
+}
+
+/// Two containers cannot publish the same host port and protocol.
+fn check_published_ports(config: &Config) -> Result<(), Problem> {
+    let mut owners: BTreeMap<(u16, &'static str), String> = BTreeMap::new();
+    for (section, map) in [
+        ("services", &config.services),
+        ("workloads", &config.workloads),
+    ] {
+        for (name, c) in map {
+            if !c.enabled {
+                continue;
+            }
+            for (i, text) in c.ports.iter().enumerate() {
+                let Ok(m) = PortMapping::parse(text) else {
+                    continue; // reported by check_container
+                };
+                let key = (m.host, m.protocol.as_str());
+                let me = format!("{section}.{name}");
+                if let Some(other) = owners.insert(key, me) {
+                    return Err(indexed(
+                        &[section, name, "ports"],
+                        i,
+                        format!(
+                            "host port {}/{} is already published by {other}",
+                            m.host, m.protocol
+                        ),
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -277,6 +359,11 @@ fn check_container(
         &[section, name, "ports"],
         || "ports can only be published with net = \"bridge\"".to_string(),
     )?;
+    for (i, text) in c.ports.iter().enumerate() {
+        if let Err(e) = PortMapping::parse(text) {
+            return Err(indexed(&[section, name, "ports"], i, e.to_string()));
+        }
+    }
     if let Some(cpus) = c.cpus {
         ensure(
             cpus.is_finite() && cpus > 0.0,
@@ -448,6 +535,77 @@ mod tests {
             ..Interface::default()
         };
         assert!(bad(i).is_some_and(|p| p.starts_with("network.interfaces.lan.mtu: ")));
+    }
+
+    #[test]
+    fn workload_network_is_checked_naming_the_key() {
+        let p = problem(|c| c.network.workloads.subnet = "10.88.0.0".into());
+        assert_eq!(
+            p,
+            Some("network.workloads.subnet: invalid subnet \"10.88.0.0\": expected an IPv4 CIDR like 10.88.0.0/16".into())
+        );
+        let p = problem(|c| c.network.workloads.subnet = "10.88.0.1/16".into());
+        assert_eq!(
+            p,
+            Some("network.workloads.subnet: invalid subnet \"10.88.0.1/16\": host bits are set (the network is 10.88.0.0/16)".into())
+        );
+        let p = problem(|c| c.network.workloads.subnet = "fd00::/64".into());
+        assert!(p.is_some_and(|p| p.starts_with("network.workloads.subnet: ")));
+        let p = problem(|c| c.network.workloads.subnet = "10.1.2.0/30".into());
+        assert!(p.is_some_and(|p| p.contains("too small")));
+        assert_eq!(
+            problem(|c| c.network.workloads.subnet = "172.30.0.0/24".into()),
+            None
+        );
+        let p = problem(|c| c.network.workloads.host_ports = vec!["53/udp".into(), "x".into()]);
+        assert_eq!(
+            p,
+            Some("network.workloads.host_ports[1]: invalid port \"x\" in \"x\": expected a number from 1 to 65535".into())
+        );
+        let p =
+            problem(|c| c.network.workloads.host_ports = vec!["53/udp".into(), "53/udp".into()]);
+        assert_eq!(
+            p,
+            Some("network.workloads.host_ports[1]: 53/udp is listed twice".into())
+        );
+        assert_eq!(
+            problem(|c| c.network.workloads.host_ports = vec!["53/udp".into(), "53".into()]),
+            None
+        );
+    }
+
+    #[test]
+    fn workload_ports_parse_and_do_not_collide() {
+        use crate::config::schema::Container;
+        let w = |ports: &[&str]| Container {
+            image: "i".into(),
+            ports: ports.iter().map(|p| p.to_string()).collect(),
+            ..Container::default()
+        };
+        let p = problem(|c| {
+            c.workloads
+                .insert("web".into(), w(&["8080:80/tcp", "8443:443/sctp"]));
+        });
+        assert_eq!(
+            p,
+            Some("workloads.web.ports[1]: invalid protocol \"sctp\" in \"8443:443/sctp\": expected tcp or udp".into())
+        );
+        let p = problem(|c| {
+            c.workloads.insert("a".into(), w(&["8080:80/tcp"]));
+            c.workloads.insert("b".into(), w(&["8081:80", "8080:8080"]));
+        });
+        assert_eq!(
+            p,
+            Some(
+                "workloads.b.ports[1]: host port 8080/tcp is already published by workloads.a"
+                    .into()
+            )
+        );
+        let p = problem(|c| {
+            c.workloads.insert("a".into(), w(&["8080:80/tcp"]));
+            c.workloads.insert("b".into(), w(&["8080:80/udp"]));
+        });
+        assert_eq!(p, None);
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! Limitations: no live reconfiguration yet (a config change applies at the next boot), no
 //! IPv6 autoconfiguration beyond the kernel's own SLAAC, no DHCPv6, no VLAN/bond/bridge devices.
 
+pub mod cni;
 pub mod dhcp;
 pub mod host;
 pub mod netlink;

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod policy;
 pub mod reaper;
 pub mod shell;
+pub mod waiters;
 
 use crate::runtime::daemon::InstanceName;
 
@@ -19,4 +20,6 @@ pub enum Owner {
     Shell(String),
     /// A containerd daemon.
     Containerd(InstanceName),
+    /// A short-lived helper (a CNI plugin, iptables) whose spawner waits in `waiters`.
+    Waiter(waiters::WaiterId),
 }
