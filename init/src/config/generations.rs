@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::edit::write_atomic;
+use super::load::{LayerBody, LayerInput};
 
 /// Where the generations live on a node.
 pub const DIR: &str = "/var/lib/ros/config";
@@ -191,6 +192,8 @@ impl Store {
             .as_deref()
             .and_then(|p| p.trim().parse::<u64>().ok());
         store.current = match named {
+            // Written by `clear_current`: no local layer on purpose.
+            Some(0) => None,
             Some(n) if store.gens.contains_key(&n) => Some(n),
             _ => {
                 let fallback = store
@@ -277,6 +280,18 @@ impl Store {
         }
     }
 
+    /// The local layer for boot ([`Store::boot_generation`]), named by its file, to go between
+    /// the provisioned layers and the cmdline in `config::load`.
+    pub fn boot_layer(&self) -> Option<LayerInput> {
+        self.boot_generation().map(|g| LayerInput {
+            source: self
+                .path(&format!("gen-{}.toml", g.number))
+                .display()
+                .to_string(),
+            body: LayerBody::Text(g.text.clone()),
+        })
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -327,6 +342,13 @@ impl Store {
         );
         self.current = Some(number);
         Ok(number)
+    }
+
+    /// Makes no generation current (no local layer): used when the first generation failed.
+    pub fn clear_current(&mut self) -> Result<(), StoreError> {
+        self.write(CURRENT, "0\n")?;
+        self.current = None;
+        Ok(())
     }
 
     /// Records a generation's new state.
@@ -515,6 +537,12 @@ mod tests {
         assert_eq!(s.boot_generation().map(|g| g.number), Some(2));
         s.set_state(2, GenState::Bad).unwrap();
         assert_eq!(s.boot_generation().map(|g| g.number), Some(1));
+        let input = s.boot_layer().unwrap();
+        assert_eq!(
+            input.source,
+            d.path().join("gen-1.toml").display().to_string()
+        );
+        assert_eq!(input.body, LayerBody::Text("a = 1\n".into()));
         assert_eq!(s.previous_good(2).map(|g| g.number), Some(1));
         assert!(s.previous_good(1).is_none());
     }
@@ -531,6 +559,21 @@ mod tests {
             s.set_state(4, GenState::Good),
             Err(StoreError::NoSuchGeneration { number: 4 })
         ));
+    }
+
+    #[test]
+    fn a_cleared_pointer_means_no_local_layer() {
+        let d = tmp();
+        {
+            let mut s = open(d.path());
+            s.commit("a = 1\n", "one", GenState::Bad).unwrap();
+            s.clear_current().unwrap();
+            assert!(s.current().is_none());
+        }
+        let s = open(d.path());
+        assert!(s.current().is_none());
+        assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+        assert_eq!(s.list().count(), 1);
     }
 
     /// What the API server does for `set`: under the one lock, the patch applies on top of
