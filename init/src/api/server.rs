@@ -303,6 +303,13 @@ impl ConfigService for ConfigApi {
         let r = request.into_inner();
         let (generation, table) = if r.local {
             let (n, text) = self.engine.local().await;
+            if r.key.is_empty() {
+                // The layer as written, comments and all.
+                return Ok(Response::new(proto::GetReply {
+                    value: text,
+                    generation: n,
+                }));
+            }
             let table: toml::Table =
                 toml::from_str(&text).map_err(|e| Status::internal(format!("local layer: {e}")))?;
             (n, table)
