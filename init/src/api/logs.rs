@@ -151,7 +151,10 @@ pub fn stream(sources: Vec<Source>, tail: Option<usize>, follow: bool) -> LogStr
                 }
             }
         }
-        while follow {
+        if !follow {
+            return;
+        }
+        loop {
             tokio::select! {
                 () = tokio::time::sleep(POLL) => {}
                 () = tx.closed() => return,

@@ -18,7 +18,7 @@ pub mod node;
 pub mod server;
 
 pub use engine::{ChangeError, Edit, Engine, Options, Outcome};
-pub use node::{LogQuery, LogStream, Node, NodeError, ServiceAction};
+pub use node::{Layers, LogQuery, LogStream, Node, NodeError, ServiceAction};
 pub use server::{bind, check_peer, serve, ApiError, Listener, ServeOptions, SOCKET};
 
 /// The generated gRPC messages, clients and servers of `proto/ros/v1/api.proto`.

@@ -1,16 +1,18 @@
 //! The seam between the API and the live node: the `Node` trait that PID 1 implements (the real
 //! reconcilers, the container fleet, the logs, power) and the API server calls.
 //!
-//! Owns: the trait, its error type and the small value types it speaks in. The rows are the
-//! protocol's own messages (`proto::Container`, `proto::LogLine`), so what a node reports is what
-//! the CLI prints.
-//! Must not: hold any implementation; the real one lives with PID 1, fakes live in tests.
+//! Owns: the trait, its error type and the small value types it speaks in, plus `Layers`, the
+//! pure layer arithmetic behind `Node::effective` (boot's layers with a candidate local layer
+//! between them). The rows are the protocol's own messages (`proto::Container`,
+//! `proto::LogLine`), so what a node reports is what the CLI prints.
+//! Must not: hold a node implementation; the real one lives with PID 1, fakes live in tests.
 
 use std::pin::Pin;
 
 use futures::Stream;
 
 use super::proto;
+use crate::config::load::{self, LayerBody, LayerInput};
 use crate::config::{Config, ConfigError, Layer, Plan};
 use crate::power::PowerAction;
 
@@ -119,4 +121,89 @@ pub trait Node: Send + Sync + 'static {
     /// Starts an ordered reboot or poweroff. Must return (so the reply reaches the client)
     /// before the node goes down: hand the request to PID 1's serve loop, do not shut down here.
     async fn power(&self, action: PowerAction) -> Result<(), NodeError>;
+}
+
+/// The layers around the local one, as boot read them: a ready-made `Node::effective` for PID 1.
+/// Text layers (image, user data, `ros.config=`) go below the local layer, the kernel cmdline
+/// above it, as in DESIGN.md's layer order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layers {
+    /// Below the local layer, lowest first (the compiled-in defaults are added by `effective`).
+    pub below: Vec<Layer>,
+    /// Above the local layer (the cmdline).
+    pub above: Vec<Layer>,
+}
+
+impl Layers {
+    /// Builds the layers from boot's inputs (without the local layer), skipping — and
+    /// returning — those that fail their own check, as boot did.
+    pub fn from_inputs(inputs: &[LayerInput]) -> (Layers, Vec<ConfigError>) {
+        let mut layers = Layers::default();
+        let mut errors = Vec::new();
+        for input in inputs {
+            match load::build(input) {
+                Ok(layer) => match input.body {
+                    LayerBody::Cmdline(_) => layers.above.push(layer),
+                    LayerBody::Text(_) => layers.below.push(layer),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        (layers, errors)
+    }
+
+    /// The effective config with `local` between `below` and `above`.
+    pub fn effective(&self, local: Option<&Layer>) -> Result<Config, ConfigError> {
+        let mut all: Vec<Layer> = self.below.clone();
+        all.extend(local.cloned());
+        all.extend(self.above.iter().cloned());
+        load::effective(&all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(source: &str, t: &str) -> LayerInput {
+        LayerInput {
+            source: source.into(),
+            body: LayerBody::Text(t.into()),
+        }
+    }
+
+    #[test]
+    fn the_local_layer_goes_between_the_provisioned_layers_and_the_cmdline() {
+        let (layers, errors) = Layers::from_inputs(&[
+            text(
+                "fw_cfg",
+                "hostname = \"fw\"\n[sysctl]\n\"vm.swappiness\" = 1\n",
+            ),
+            text("broken", "hostname = = 1"),
+            LayerInput {
+                source: "cmdline".into(),
+                body: LayerBody::Cmdline(vec![("sysctl.vm.swappiness".into(), "3".into())]),
+            },
+        ]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].source_name(), "broken");
+        let local = Layer::parse(
+            "local",
+            "hostname = \"local\"\n[sysctl]\n\"vm.swappiness\" = 2\n",
+        )
+        .unwrap();
+        let c = layers.effective(Some(&local)).unwrap();
+        assert_eq!(c.hostname, "local");
+        assert_eq!(c.sysctl["vm.swappiness"], "3");
+        let c = layers.effective(None).unwrap();
+        assert_eq!(c.hostname, "fw");
+        let bad = Layer::parse(
+            "local",
+            "[workloads.w]\nimage = \"w\"\ndepends_on = [\"db\"]\n",
+        )
+        .unwrap();
+        let e = layers.effective(Some(&bad)).unwrap_err();
+        assert_eq!(e.source_name(), "local");
+        assert_eq!(e.key(), "workloads.w.depends_on");
+    }
 }
