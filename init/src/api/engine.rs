@@ -327,7 +327,9 @@ impl Engine {
     }
 
     /// Makes one change: validate, plan, (unless a dry run) write a new generation, reconcile,
-    /// mark it. Concurrent callers queue on the change lock.
+    /// mark it. Concurrent callers queue on the change lock (first come, first served). Not
+    /// cancellation-safe: a caller that may be dropped midway (a gRPC handler whose client goes
+    /// away) runs it in its own task, as the server does.
     pub async fn change(&self, edit: Edit, options: Options) -> Result<Outcome, ChangeError> {
         let mut inner = self.inner.lock().await;
         if !options.dry_run {

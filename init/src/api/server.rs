@@ -286,9 +286,13 @@ impl ConfigApi {
         edit: Edit,
         opts: Option<proto::ChangeOptions>,
     ) -> Result<Response<proto::ChangeReply>, Status> {
-        self.engine
-            .change(edit, options(opts))
+        // In its own task: a client that goes away mid-change (which drops this future) must
+        // not cut the change short between writing the generation and reconciling it.
+        let engine = Arc::clone(&self.engine);
+        let options = options(opts);
+        tokio::spawn(async move { engine.change(edit, options).await })
             .await
+            .map_err(|e| Status::internal(format!("config change: {e}")))?
             .map(|o| Response::new(change_reply(o)))
             .map_err(change_status)
     }
@@ -421,9 +425,10 @@ impl ConfigService for ConfigApi {
         &self,
         _request: Request<proto::ConfirmRequest>,
     ) -> Result<Response<proto::ConfirmReply>, Status> {
-        self.engine
-            .confirm()
+        let engine = Arc::clone(&self.engine);
+        tokio::spawn(async move { engine.confirm().await })
             .await
+            .map_err(|e| Status::internal(format!("config confirm: {e}")))?
             .map(|generation| Response::new(proto::ConfirmReply { generation }))
             .map_err(change_status)
     }
