@@ -198,13 +198,18 @@ impl Engine {
         effective: Config,
     ) -> Result<Arc<Engine>, StoreError> {
         let boot = store.boot_generation().map(|g| (g.number, g.meta.state));
-        if let Some((number, state)) = boot {
-            if store.current_number() != number {
-                store.set_current(number)?;
+        match boot {
+            Some((number, state)) => {
+                if store.current_number() != number {
+                    store.set_current(number)?;
+                }
+                if state == GenState::Trying {
+                    store.set_state(number, GenState::Good)?;
+                }
             }
-            if state == GenState::Trying {
-                store.set_state(number, GenState::Good)?;
-            }
+            // Only bad generations: the node booted without a local layer.
+            None if store.current().is_some() => store.clear_current()?,
+            None => {}
         }
         Ok(Arc::new_cyclic(|me| Engine {
             node,
@@ -837,6 +842,13 @@ mod tests {
         }
         let (e, _) = engine(d.path());
         assert_eq!(e.history().await.1, 1);
+        {
+            let mut s = Store::open(d.path()).unwrap();
+            s.set_state(1, GenState::Bad).unwrap();
+        }
+        let (e, _) = engine(d.path());
+        assert_eq!(e.history().await.1, 0);
+        assert_eq!(e.local().await, (0, NEW_FILE.to_string()));
     }
 
     #[test]
