@@ -1,6 +1,7 @@
 //! ros: the library side of the multi-call binary. `main.rs` only dispatches on argv[0]/PID;
 //! everything else lives here, one module per subsystem (see DESIGN.md, "Repository layout").
 
+pub mod api;
 pub mod boot;
 pub mod cgroups;
 pub mod cli;

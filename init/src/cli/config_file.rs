@@ -1,11 +1,13 @@
-//! `ros config validate|get|set|unset --file PATH`: the offline config commands, on one file.
+//! `ros config …`: the clap structs of every config subcommand, and the offline ones —
+//! `validate|get|set|unset --file PATH` — on one file.
 //!
-//! Owns: the clap structs of `ros config` (with `--file` optional, so the same subcommands can
-//! later talk to the daemon), reading the file, applying edits through `config::Document`
+//! Owns: the clap structs (`--file` selects the offline mode; without it `cli::remote` sends the
+//! command to the running node), reading the file, applying edits through `config::Document`
 //! (comments kept, all edits checked together, written once with `write_atomic`; the file is
-//! untouched when the check fails), and turning outcomes into output and exit status:
+//! untouched when the check fails), and turning offline outcomes into output and exit status:
 //! 0 done, 1 invalid config or unset key (`ros: FILE: KEY (line L): REASON`), 2 bad usage.
-//! Must not: hold config logic (it lives in `crate::config`), or talk to the daemon (not yet).
+//! Must not: hold config logic (it lives in `crate::config`), or talk to the daemon (`remote`
+//! does).
 
 use std::path::{Path, PathBuf};
 
@@ -14,12 +16,22 @@ use clap::{Args, Subcommand};
 
 use crate::config::{self, edit, keypath, ConfigError, Document};
 
+use super::table::{parse_duration, Output};
+
 /// `ros config …`.
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    /// Work on this config file instead of the running node (required for now).
+    /// Work on this config file, offline, instead of the running node (validate, get, set,
+    /// unset).
     #[arg(long, global = true, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// Print the plan only; change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// Revert the change by itself unless `ros config confirm` arrives within DURATION
+    /// (`20s`, `2m`).
+    #[arg(long = "try", global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub try_for: Option<std::time::Duration>,
     /// What to do.
     #[command(subcommand)]
     pub command: ConfigCommand,
@@ -31,13 +43,21 @@ pub type ConfigFileArgs = ConfigArgs;
 /// The `ros config` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Check the file strictly: syntax, keys, types, values, and (on top of the compiled-in
-    /// defaults) dependencies.
-    Validate,
-    /// Print the value of KEY: the file's own, else the effective one (defaults + file).
+    /// Check a config strictly: syntax, keys, types, values and dependencies. With `--file`, the
+    /// file on top of the compiled-in defaults; else FILE (or the current local layer) as the
+    /// live node's local layer, printing what applying it would change.
+    Validate {
+        /// A candidate local layer (live node only).
+        path: Option<PathBuf>,
+    },
+    /// Print the value of KEY (the whole config without KEY): the effective one, or with
+    /// `--local` the local layer's. With `--file`: the file's own, else the effective one.
     Get {
         /// Dotted key, e.g. network.interfaces.eth1.mtu or sysctl.net.ipv4.ip_forward.
-        key: String,
+        key: Option<String>,
+        /// Read the local layer (the current generation) instead of the effective config.
+        #[arg(long)]
+        local: bool,
     },
     /// Set keys: `KEY VALUE`, or one or more `KEY=VALUE`. Values are TOML literals, else strings.
     Set {
@@ -45,11 +65,39 @@ pub enum ConfigCommand {
         #[arg(required = true, num_args = 1.., allow_negative_numbers = true, value_name = "KEY VALUE | KEY=VALUE")]
         args: Vec<String>,
     },
-    /// Remove KEY from the file.
+    /// Remove keys from the local layer (or the file).
     Unset {
-        /// Dotted key.
-        key: String,
+        /// Dotted keys.
+        #[arg(required = true, num_args = 1..)]
+        keys: Vec<String>,
     },
+    /// Replace the whole local layer with FILE.
+    Apply {
+        /// The new local layer.
+        path: PathBuf,
+        /// Refuse unless generation N is still current (the one FILE was made from).
+        #[arg(long, value_name = "N")]
+        base: Option<u64>,
+    },
+    /// Print the effective config (`--local`: the local layer) as TOML.
+    Export {
+        /// Print the local layer (the current generation) instead.
+        #[arg(long)]
+        local: bool,
+    },
+    /// List the config generations and their states (the current one marked `*`).
+    History,
+    /// Make generation N (default: the last good one before the current) current, as a new
+    /// generation.
+    Rollback {
+        /// The generation to go back to.
+        generation: Option<u64>,
+    },
+    /// Edit the local layer in $VISUAL/$EDITOR and apply it (refused if another change landed
+    /// meanwhile).
+    Edit,
+    /// Keep the change made with `--try`.
+    Confirm,
 }
 
 /// Why a command did not succeed; each maps to one exit status.
@@ -79,16 +127,42 @@ impl From<ConfigError> for Failure {
 
 /// Runs `ros config …`; returns the exit status. Errors are printed here except I/O failures,
 /// which are returned for the caller to print as `ros: …`.
-pub fn run(args: ConfigArgs) -> anyhow::Result<i32> {
-    let Some(file) = args.file else {
-        anyhow::bail!("talking to the daemon is not implemented yet; use --file");
+pub fn run(args: ConfigArgs, socket: &Path, output: Output) -> anyhow::Result<i32> {
+    let Some(file) = args.file.clone() else {
+        return Ok(match super::remote::config(args, socket, output) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ros: {e}");
+                e.exit_code()
+            }
+        });
     };
     let result = match args.command {
-        ConfigCommand::Validate => validate(&file).map(|()| None),
-        ConfigCommand::Get { key } => get(&file, &key).map(Some),
+        ConfigCommand::Validate { path: None } => validate(&file).map(|()| None),
+        ConfigCommand::Get {
+            key: Some(key),
+            local: false,
+        } => get(&file, &key).map(Some),
+        ConfigCommand::Get { .. } => Err(Failure::Usage(
+            "get --file: KEY is required (and --local does not apply)".to_string(),
+        )),
         ConfigCommand::Set { args } => set(&file, &args).map(|()| None),
-        ConfigCommand::Unset { key } => unset(&file, &key).map(|()| None),
+        ConfigCommand::Unset { keys } => unset(&file, &keys).map(|()| None),
+        ConfigCommand::Validate { path: Some(_) }
+        | ConfigCommand::Apply { .. }
+        | ConfigCommand::Export { .. }
+        | ConfigCommand::History
+        | ConfigCommand::Rollback { .. }
+        | ConfigCommand::Edit
+        | ConfigCommand::Confirm => Err(Failure::Usage(
+            "this subcommand works on the running node only; drop --file".to_string(),
+        )),
     };
+    if args.dry_run || args.try_for.is_some() {
+        eprintln!(
+            "ros: config: --dry-run and --try apply to the running node only; ignored with --file"
+        );
+    }
     match result {
         Ok(out) => {
             if let Some(out) = out {
@@ -191,6 +265,18 @@ fn assignments(args: &[String]) -> Result<Vec<(&str, &str)>, Failure> {
         .collect()
 }
 
+/// `KEY VALUE` or `KEY=VALUE...` as owned pairs; the error is the usage message.
+pub fn split_assignments(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    match assignments(args) {
+        Ok(pairs) => Ok(pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()),
+        Err(Failure::Usage(msg)) => Err(format!("config: {msg}")),
+        Err(other) => Err(format!("config: {other:?}")),
+    }
+}
+
 fn set(file: &Path, args: &[String]) -> Result<(), Failure> {
     let pairs = assignments(args)?;
     let mut edits = Vec::new();
@@ -207,10 +293,11 @@ fn set(file: &Path, args: &[String]) -> Result<(), Failure> {
     write(file, &doc)
 }
 
-fn unset(file: &Path, key: &str) -> Result<(), Failure> {
-    let segs = parse_key(key)?;
+fn unset(file: &Path, keys: &[String]) -> Result<(), Failure> {
     let mut doc = Document::parse(&source_of(file), &read(file)?)?;
-    doc.unset(&segs)?;
+    for key in keys {
+        doc.unset(&parse_key(key)?)?;
+    }
     write(file, &doc)
 }
 
@@ -264,6 +351,10 @@ mod tests {
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    fn run_file(args: ConfigArgs) -> anyhow::Result<i32> {
+        run(args, Path::new(NO_DAEMON), Output::Table)
+    }
+
     fn strs(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
     }
@@ -292,13 +383,33 @@ mod tests {
         assert!(Cli::try_parse_from(["ros", "config", "set", "--file", "/x"]).is_err());
     }
 
+    const NO_DAEMON: &str = "/nonexistent-ros-test/ros.sock";
+
     #[test]
-    fn without_file_the_daemon_is_not_implemented() {
-        let e = run(parse(&["ros", "config", "validate"])).err();
-        assert_eq!(
-            e.map(|e| e.to_string()),
-            Some("talking to the daemon is not implemented yet; use --file".to_string())
+    fn without_file_the_daemon_is_asked() {
+        let code = run(
+            parse(&["ros", "config", "validate"]),
+            Path::new(NO_DAEMON),
+            Output::Table,
         );
+        assert_eq!(code.ok(), Some(1));
+        let a = parse(&[
+            "ros",
+            "config",
+            "set",
+            "hostname=a",
+            "--dry-run",
+            "--try",
+            "20s",
+        ]);
+        assert!(a.dry_run);
+        assert_eq!(a.try_for, Some(std::time::Duration::from_secs(20)));
+        let code = run(
+            parse(&["ros", "config", "history", "--file", "/x"]),
+            Path::new(NO_DAEMON),
+            Output::Table,
+        );
+        assert_eq!(code.ok(), Some(2));
     }
 
     #[test]
@@ -344,7 +455,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(read_file(&path), text);
-        let code = run(parse(&[
+        let code = run_file(parse(&[
             "ros",
             "config",
             "set",
@@ -376,7 +487,7 @@ mod tests {
             Some(vec![("sysctl.\"a=b\"", "1")])
         );
         let (_d, path) = tmp();
-        let code = run(parse(&[
+        let code = run_file(parse(&[
             "ros",
             "config",
             "set",
@@ -420,10 +531,10 @@ mod tests {
     fn unset_removes_and_reports_absent_keys() {
         let (_d, path) = tmp();
         write_file(&path, "version = 1\nhostname = \"a\"\n");
-        assert!(unset(&path, "hostname").is_ok());
+        assert!(unset(&path, &strs(&["hostname"])).is_ok());
         assert_eq!(read_file(&path), "version = 1\n");
         assert!(matches!(
-            unset(&path, "hostname"),
+            unset(&path, &strs(&["hostname"])),
             Err(Failure::NotSet { .. })
         ));
     }

@@ -3,9 +3,11 @@
 //!
 //! Owns: turning layer texts and cmdline pairs into one valid `Config` (`load`, `effective`),
 //! the strict per-layer check with key paths and lines (`Layer`), and editing one TOML document
-//! while keeping its comments (`edit`).
-//! Must not: read `/proc/cmdline`, fw_cfg or disks, or manage generations (boot code and the
-//! generations store do); it is handed text and pairs, and returns values and errors.
+//! while keeping its comments (`edit`), the local layer's numbered generations on disk
+//! (`generations`) and what a change changes (`plan`).
+//! Must not: read `/proc/cmdline`, fw_cfg or disks (boot code does), or reconcile anything
+//! (the API server and PID 1 do); apart from `generations`, it is handed text and pairs, and
+//! returns values and errors.
 //!
 //! Limitations: a merged config is checked against the defaults and the layers given, so the
 //! offline CLI (`ros config … --file`) checks cross-references against defaults + file only.
@@ -13,9 +15,11 @@
 pub mod defaults;
 pub mod edit;
 pub mod error;
+pub mod generations;
 pub mod keypath;
 pub mod layers;
 pub mod load;
+pub mod plan;
 pub mod ports;
 pub mod schema;
 mod spans;
@@ -26,4 +30,5 @@ pub use edit::{write_atomic, Document};
 pub use error::{ConfigError, KeyPathError, PathSeg};
 pub use layers::Layer;
 pub use load::{effective, load, LayerBody, LayerInput, Loaded};
+pub use plan::Plan;
 pub use schema::Config;
