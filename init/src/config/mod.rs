@@ -17,6 +17,7 @@ pub mod keypath;
 pub mod layers;
 pub mod load;
 pub mod schema;
+pub mod secret;
 mod spans;
 pub mod units;
 pub mod validate;
