@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Bytes per content write message (containerd refuses messages over 16 MiB).
 pub const CHUNK: usize = 1 << 20;
 /// Largest index, manifest or config read into memory.
-const MAX_JSON: u64 = 4 << 20;
+pub(crate) const MAX_JSON: u64 = 4 << 20;
 /// How long a lease outlives a ros that died in the middle of an import.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
@@ -339,6 +339,8 @@ impl Archive {
 /// One image to store, read and checked before containerd is asked anything (from an archive,
 /// or from a registry's manifest and config).
 pub(crate) struct Plan {
+    /// `import` or `pull`: how progress lines start.
+    pub(crate) action: &'static str,
     pub(crate) name: String,
     /// What the image record targets: the manifest, or the index it was chosen from.
     pub(crate) target: Desc,
@@ -370,6 +372,7 @@ impl Plan {
             ));
         }
         Ok(Plan {
+            action: "import",
             name,
             target,
             index_pos,
@@ -379,6 +382,11 @@ impl Plan {
             diff_ids: cfg.rootfs.diff_ids.clone(),
             chain_ids: chain_ids(&cfg.rootfs.diff_ids),
         })
+    }
+
+    /// The same plan, its progress lines starting with `action`.
+    pub(crate) fn action(self, action: &'static str) -> Self {
+        Plan { action, ..self }
     }
 
     fn top(&self) -> &str {
@@ -657,7 +665,8 @@ impl Client {
             }
             if i < layers {
                 log::info!(
-                    "{image}: layer {}/{layers} {}",
+                    "{} {image}: layer {}/{layers} {}",
+                    plan.action,
                     i + 1,
                     human_size(desc.size)
                 );
