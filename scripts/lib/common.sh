@@ -22,6 +22,9 @@ PREREQS=(
   "script:bsdutils"
   "dnsmasq:dnsmasq-base"
   "ip:iproute2"
+  "docker-registry:docker-registry"
+  "skopeo:skopeo"
+  "htpasswd:apache2-utils"
 )
 
 ensure_prereqs() {

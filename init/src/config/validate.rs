@@ -160,7 +160,9 @@ pub fn valid_registry_host(text: &str) -> bool {
         }
     };
     let port_ok = port.is_none_or(|p| {
-        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|n| n > 0)
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
     });
     let host_ok = (host.is_empty() && text.starts_with('['))
         || (!host.is_empty()
@@ -176,7 +178,8 @@ pub fn valid_registry_host(text: &str) -> bool {
 }
 
 fn check_registry(host: &str, r: &Registry, scope: Scope) -> Result<(), Problem> {
-    const HINT: &str = "expected host[:port] like registry.example.com or 10.0.2.100:5000 (no scheme, no path)";
+    const HINT: &str =
+        "expected host[:port] like registry.example.com or 10.0.2.100:5000 (no scheme, no path)";
     ensure(valid_registry_host(host), &["registries", host], || {
         format!("invalid registry {host:?}: {HINT}")
     })?;
@@ -584,17 +587,7 @@ mod tests {
             assert!(valid_registry_host(ok), "{ok}");
         }
         for bad in [
-            "",
-            "http://x",
-            "x/y",
-            "x:0",
-            "x:99999",
-            "x:",
-            "-x",
-            "a..b",
-            "[::1",
-            "::1",
-            "x y",
+            "", "http://x", "x/y", "x:0", "x:99999", "x:", "-x", "a..b", "[::1", "::1", "x y",
         ] {
             assert!(!valid_registry_host(bad), "{bad}");
         }

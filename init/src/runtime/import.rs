@@ -499,10 +499,7 @@ async fn next_write(
         return Err(ImportError::Content {
             image: image.to_owned(),
             digest: desc.digest.clone(),
-            reason: format!(
-                "ended at byte {}, {size} expected",
-                pos + data.len() as u64
-            ),
+            reason: format!("ended at byte {}, {size} expected", pos + data.len() as u64),
         });
     }
     let end = pos + len as u64;
@@ -593,9 +590,10 @@ impl Client {
         src: &mut impl BlobSource,
     ) -> Result<Imported, ImportError> {
         if let Some(img) = self.get_image(&plan.name).await? {
-            let same = img.target.as_ref().map(|t| t.digest.as_str())
-                == Some(plan.target.digest.as_str());
-            if same && (plan.top().is_empty() || self.snapshot_exists(&plan.name, plan.top()).await?)
+            let same =
+                img.target.as_ref().map(|t| t.digest.as_str()) == Some(plan.target.digest.as_str());
+            if same
+                && (plan.top().is_empty() || self.snapshot_exists(&plan.name, plan.top()).await?)
             {
                 return Ok(Imported {
                     name: plan.name.clone(),
@@ -971,11 +969,11 @@ impl Client {
             manifest_digest = index
                 .linux_amd64()
                 .map(|(_, d)| d.digest.clone())
-                    .ok_or_else(|| ImportError::Content {
-                        image: name.to_owned(),
-                        digest: target.digest.clone(),
-                        reason: "no linux/amd64 manifest in the index".into(),
-                    })?;
+                .ok_or_else(|| ImportError::Content {
+                    image: name.to_owned(),
+                    digest: target.digest.clone(),
+                    reason: "no linux/amd64 manifest in the index".into(),
+                })?;
         }
         let (manifest, _): (Manifest, _) = self.read_json(name, &manifest_digest).await?;
         let (cfg, raw): (ConfigBlob, _) = self.read_json(name, &manifest.config.digest).await?;

@@ -254,6 +254,9 @@ impl From<OciDistributionError> for Fetch {
 impl Fetch {
     fn text(&self) -> String {
         match self {
+            Fetch::Oci(OciDistributionError::UnauthorizedError { url }) => format!(
+                "{url}: not authorized (HTTP 401): check this registry's username and password"
+            ),
             Fetch::Oci(e) => chain(e),
             Fetch::Bad(s) => s.clone(),
         }
@@ -336,12 +339,7 @@ async fn resolve(
             .unwrap_or_else(|| MEDIA_INDEX[0].to_owned());
         let target = desc(index_media, digest.clone(), &body);
         held.insert(digest, body.to_vec());
-        (
-            target,
-            Some(pos),
-            desc(media, chosen.digest, &mbody),
-            mbody,
-        )
+        (target, Some(pos), desc(media, chosen.digest, &mbody), mbody)
     } else {
         if sha256_digest(&body) != digest {
             return Err(Fetch::Bad(format!(
@@ -552,7 +550,11 @@ impl Client {
             let (plan, held) = match resolve(&oci, &reference, &auth, name).await {
                 Ok(r) => r,
                 Err(Fetch::Oci(e)) if i < last && is_connect(&e) => {
-                    log::debug!("pull {name}: {}: {scheme}: {}", ep.host, ep.scrub(&chain(&e)));
+                    log::debug!(
+                        "pull {name}: {}: {scheme}: {}",
+                        ep.host,
+                        ep.scrub(&chain(&e))
+                    );
                     continue;
                 }
                 Err(e) => return Err(Failure::Registry(format!("{scheme}: {}", e.text()))),
@@ -566,9 +568,9 @@ impl Client {
             };
             return match self.store(&plan, &mut src).await {
                 Ok(imported) => Ok(imported),
-                Err(ImportError::Source { digest, reason, .. }) => Err(Failure::Registry(
-                    format!("{scheme}: blob {digest}: {reason}"),
-                )),
+                Err(ImportError::Source { digest, reason, .. }) => Err(Failure::Registry(format!(
+                    "{scheme}: blob {digest}: {reason}"
+                ))),
                 Err(e) => Err(Failure::Store(e)),
             };
         }
@@ -586,10 +588,7 @@ mod tests {
         assert_eq!(n("busybox"), "docker.io/library/busybox:latest");
         assert_eq!(n("library/busybox:1.36"), "docker.io/library/busybox:1.36");
         assert_eq!(n("ros/app"), "docker.io/ros/app:latest");
-        assert_eq!(
-            n("10.0.2.100:5000/ros/app:1"),
-            "10.0.2.100:5000/ros/app:1"
-        );
+        assert_eq!(n("10.0.2.100:5000/ros/app:1"), "10.0.2.100:5000/ros/app:1");
         assert_eq!(n("localhost/app"), "localhost/app:latest");
         assert_eq!(n("example.invalid/x:1"), "example.invalid/x:1");
         let d = format!("sha256:{}", "a".repeat(64));
@@ -600,7 +599,8 @@ mod tests {
         }
         let err = normalize("has space").unwrap_err();
         assert!(
-            err.to_string().starts_with("pull has space: not a valid image reference"),
+            err.to_string()
+                .starts_with("pull has space: not a valid image reference"),
             "{err}"
         );
     }
@@ -651,15 +651,29 @@ mod tests {
         // No table: the registry alone, secure unless loopback.
         let eps = endpoints(&normalize("busybox").unwrap(), &registries());
         assert_eq!(eps.len(), 1);
-        assert_eq!((eps[0].host.as_str(), eps[0].insecure), ("docker.io", false));
+        assert_eq!(
+            (eps[0].host.as_str(), eps[0].insecure),
+            ("docker.io", false)
+        );
     }
 
     #[test]
     fn test_loopback_hosts_are_recognised() {
-        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000"] {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.1.2.3",
+            "[::1]:5000",
+        ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["10.0.2.100:5000", "docker.io", "[fd00::1]:5000", "localhost.example"] {
+        for h in [
+            "10.0.2.100:5000",
+            "docker.io",
+            "[fd00::1]:5000",
+            "localhost.example",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
     }
