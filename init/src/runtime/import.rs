@@ -1037,6 +1037,24 @@ mod tests {
     }
 
     #[test]
+    fn test_index_picks_the_first_linux_amd64_manifest() {
+        let index: Index = serde_json::from_value(serde_json::json!({"manifests": [
+            {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": "sha256:b", "size": 1},
+            {"digest": "sha256:c", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": "sha256:d", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+        ]}))
+        .unwrap();
+        let (pos, d) = index.linux_amd64().unwrap();
+        assert_eq!((pos, d.digest.as_str()), (2, "sha256:c"));
+        let none: Index = serde_json::from_value(serde_json::json!({"manifests": [
+            {"digest": "sha256:a", "size": 1, "platform": {"os": "windows", "architecture": "amd64"}},
+        ]}))
+        .unwrap();
+        assert!(none.linux_amd64().is_none());
+    }
+
+    #[test]
     fn test_digest_must_be_sha256_hex() {
         assert!(sha256_hex(&format!("sha256:{}", "0f".repeat(32))).is_some());
         assert!(sha256_hex("sha256:../../etc/passwd").is_none());

@@ -1,0 +1,134 @@
+//! VM test of workload images from a registry and from an OCI archive (issue 4, item 5). One
+//! boot: a real `docker-registry` with htpasswd credentials on the host's loopback, reached by
+//! the guest as 10.0.2.100:5000 through QEMU `guestfwd` (restricted user networking), holds the
+//! console image; the config names it with `[registries."10.0.2.100:5000"] insecure = true` and
+//! credentials. A second workload comes from `oci-archive:` (the syslog archive in the system
+//! image), and a third names a tag the registry does not have. The first two run, the third fails
+//! on the console with its name and image and is retried, and the password appears nowhere in
+//! the console or the logs.
+
+use ros_tests::registry::TestRegistry;
+use ros_tests::{repo_root, running_pid, Vm, VmOptions};
+use std::time::{Duration, Instant};
+
+const BOOT: Duration = Duration::from_secs(180);
+const PASSWORD: &str = "Reg1stry-Pa55w0rd";
+/// Where the system image's bundled archives are in the guest (`boot::sysimage::ARCHIVES`).
+const ARCHIVES: &str = "/usr/lib/ros/system/usr/share/ros/images";
+
+fn config() -> String {
+    format!(
+        r#"version = 1
+
+[registries."10.0.2.100:5000"]
+insecure = true
+username = "ros"
+password = "{PASSWORD}"
+
+[workloads.remote]
+image = "10.0.2.100:5000/ros/console:remote"
+entrypoint = []
+command = ["/bin/busybox", "sh", "-c", "while true; do sleep 1; done"]
+net = "none"
+stop_timeout_s = 2
+
+[workloads.archived]
+image = "oci-archive:{ARCHIVES}/syslog.oci.tar"
+entrypoint = []
+command = ["/bin/busybox", "sh", "-c", "while true; do sleep 1; done"]
+net = "none"
+stop_timeout_s = 2
+
+[workloads.missing]
+image = "10.0.2.100:5000/ros/none:1"
+net = "none"
+"#
+    )
+}
+
+#[test]
+fn workloads_from_a_registry_with_credentials_and_from_an_oci_archive() {
+    let archive = repo_root().join("build/out/images/console.oci.tar");
+    assert!(
+        archive.exists(),
+        "{} missing (run `cargo xtask build`)",
+        archive.display()
+    );
+    let reg = TestRegistry::start(Some(("ros", PASSWORD))).unwrap();
+    reg.push(&archive, "ros/console:remote").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("os-config.toml");
+    std::fs::write(&cfg, config()).unwrap();
+    let opts = VmOptions {
+        config: Some(cfg),
+        nics: vec![format!(
+            "user,restrict=on,guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:{}",
+            reg.port()
+        )],
+        ..Default::default()
+    };
+    let mut vm = Vm::boot("registry-pull-and-archive", &opts).unwrap();
+    vm.wait_ready(BOOT).unwrap();
+    let ready_at = Instant::now();
+
+    // Both workloads run in the user namespace.
+    let tasks = vm.poll("ctr -n user t ls", BOOT, |o| {
+        running_pid(o, "remote").is_some() && running_pid(o, "archived").is_some()
+    });
+    assert!(running_pid(&tasks, "remote").is_some(), "{tasks}");
+    assert!(running_pid(&tasks, "archived").is_some(), "{tasks}");
+    eprintln!(
+        "[vm registry] both workloads running {:.1}s after ready",
+        ready_at.elapsed().as_secs_f64()
+    );
+    let images = vm.succeed("ctr -n user images ls -q").unwrap();
+    assert!(
+        images.contains("10.0.2.100:5000/ros/console:remote"),
+        "{images}"
+    );
+    assert!(images.contains("docker.io/ros/syslog:"), "{images}");
+    let containers = vm.succeed("ctr -n user c ls").unwrap();
+    assert!(
+        containers.contains("10.0.2.100:5000/ros/console:remote"),
+        "{containers}"
+    );
+    // The pull's progress, per layer, is in the kernel log.
+    let dmesg = vm.succeed("dmesg").unwrap();
+    assert!(
+        dmesg.contains("pull 10.0.2.100:5000/ros/console:remote: layer 1/1"),
+        "{dmesg}"
+    );
+
+    // The tag that is not there: a console line naming workload and image, retried.
+    let line = vm
+        .wait_for_console(
+            "ros: workload missing: image 10.0.2.100:5000/ros/none:1: pull 10.0.2.100:5000/ros/none:1: registry 10.0.2.100:5000:",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(line.contains("retry 1 in 1s"), "{line}");
+    vm.wait_for_console(
+        "ros: workload missing: image 10.0.2.100:5000/ros/none:1: pull",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+
+    // The password is nowhere: console, kernel log, ros's logs.
+    let logs = vm.succeed("cat /var/log/ros/* 2>/dev/null; dmesg").unwrap();
+    assert!(!logs.contains(PASSWORD), "password in the logs");
+    assert!(
+        !vm.console_text().contains(PASSWORD),
+        "password on the console"
+    );
+
+    vm.poweroff().unwrap();
+    assert!(!vm.console_text().contains(PASSWORD));
+    // The registry saw the authenticated pull.
+    assert!(
+        reg.log().contains("/v2/ros/console/manifests/remote"),
+        "{}",
+        reg.log()
+    );
+    vm.passed();
+}
