@@ -120,6 +120,56 @@ async fn test_pull_plain_registry_present_skip_mirror_and_unreachable() {
     assert!(again.imported.already_present);
     assert_eq!(again.endpoint, None);
 
+    // A multi-platform index (arm64 listed first) resolves to its linux/amd64 manifest; the
+    // record targets the index, as `ctr pull` does.
+    let (status, manifest) = reg.get_manifest("ros/console", "1").unwrap();
+    assert_eq!(status, 200);
+    let media: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let media = media["mediaType"].as_str().unwrap().to_owned();
+    let entry = |arch: &str| {
+        serde_json::json!({"mediaType": media, "digest": pulled.imported.digest,
+            "size": manifest.len(), "platform": {"os": "linux", "architecture": arch}})
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("arm64"), entry("amd64")],
+    }))
+    .unwrap();
+    let put = reg
+        .put_manifest(
+            "ros/console",
+            "multi",
+            "application/vnd.oci.image.index.v1+json",
+            &index,
+        )
+        .unwrap();
+    assert_eq!(put, 201, "{}", reg.log());
+    let multi = format!("{}/ros/console:multi", reg.host());
+    let pulled_multi = client.pull(&multi, &none).await.unwrap();
+    let index_digest = format!(
+        "sha256:{:x}",
+        <sha2::Sha256 as sha2::Digest>::digest(&index)
+    );
+    assert_eq!(pulled_multi.imported.digest, index_digest);
+    assert_eq!(
+        pulled_multi.imported.blobs_written, 1,
+        "only the index is new"
+    );
+    assert_unpacked(&client, &ctr, &multi).await;
+    let content = ctr.ctr_ok(NS, &["content", "ls"]).unwrap();
+    let index_line = content
+        .lines()
+        .find(|l| l.starts_with(&index_digest))
+        .unwrap_or_else(|| panic!("{content}"));
+    assert!(
+        index_line.contains(&format!(
+            "containerd.io/gc.ref.content.m.1={}",
+            pulled.imported.digest
+        )),
+        "{index_line}"
+    );
+
     // Through a mirror: example.invalid is never contacted (its mirror answers first).
     let mirrored = BTreeMap::from([(
         "example.invalid".to_owned(),

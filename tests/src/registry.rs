@@ -173,6 +173,37 @@ impl TestRegistry {
         Ok(())
     }
 
+    /// `GET /v2/<repo>/manifests/<reference>` (anonymous), accepting OCI and Docker manifests:
+    /// the status and the body.
+    pub fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(u16, Vec<u8>), RegistryError> {
+        let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+        http(
+            self.port,
+            &format!("GET /v2/{repo}/manifests/{reference} HTTP/1.0\r\nHost: {}\r\nAccept: {accept}\r\n\r\n", self.host()),
+            &[],
+        )
+    }
+
+    /// `PUT /v2/<repo>/manifests/<reference>` (anonymous) of `body` as `media_type`: the status.
+    pub fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        body: &[u8],
+    ) -> Result<u16, RegistryError> {
+        let head = format!(
+            "PUT /v2/{repo}/manifests/{reference} HTTP/1.0\r\nHost: {}\r\nContent-Type: {media_type}\r\nContent-Length: {}\r\n\r\n",
+            self.host(),
+            body.len()
+        );
+        http(self.port, &head, body).map(|(status, _)| status)
+    }
+
     /// The scratch directory (storage, config, log).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
@@ -189,6 +220,33 @@ fn probe(port: u16) -> Option<u16> {
     let n = s.read(&mut buf).ok()?;
     let head = String::from_utf8_lossy(&buf[..n]);
     head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One HTTP/1.0 exchange with 127.0.0.1:`port`: the status and the body.
+fn http(port: u16, head: &str, body: &[u8]) -> Result<(u16, Vec<u8>), RegistryError> {
+    let what = || {
+        format!(
+            "HTTP to 127.0.0.1:{port}: {}",
+            head.lines().next().unwrap_or_default()
+        )
+    };
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(io(what()))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io(what()))?;
+    s.write_all(head.as_bytes()).map_err(io(what()))?;
+    s.write_all(body).map_err(io(what()))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).map_err(io(what()))?;
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(out.len(), |i| i + 4);
+    let status = String::from_utf8_lossy(&out[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, out[split..].to_vec()))
 }
 
 impl Drop for TestRegistry {
