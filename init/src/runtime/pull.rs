@@ -508,15 +508,10 @@ impl Client {
                         error,
                     });
                 }
-                Err(Failure::Store(e)) => {
-                    let text = ep.scrub(&e.to_string());
+                Err(Failure::Store(source)) => {
                     return Err(PullError::Store {
                         reference: name,
-                        source: ImportError::Source {
-                            image: image.to_owned(),
-                            digest: String::new(),
-                            reason: text,
-                        },
+                        source,
                     });
                 }
             }
