@@ -40,6 +40,7 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a TCP (and TLS) connection to a registry may take.
@@ -204,11 +205,61 @@ fn protocols(ep: &Endpoint) -> Vec<(ClientProtocol, bool)> {
     }
 }
 
+/// Where PID 1 writes its compiled-in CA bundle when the node has none (a path
+/// rustls-native-certs probes on Debian-like systems).
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Makes sure the node has CA certificates: unless rustls-native-certs already finds some,
+/// writes Mozilla's root certificates (the `webpki-root-certs` crate, compiled into ros) as PEM
+/// to `path`, atomically. Returns whether it wrote. PID 1 calls it before workloads are pulled.
+///
+/// Why: `oci-client` always builds a default `reqwest::Client` too, whose rustls platform
+/// verifier needs system roots — without any it panics ("No CA certificates were loaded from the
+/// system"), even for a plain-HTTP registry. The bundle also makes verified HTTPS work.
+pub fn ensure_ca_bundle(path: &Path) -> std::io::Result<bool> {
+    if !rustls_native_certs::load_native_certs().certs.is_empty() {
+        return Ok(false);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, pem_bundle(webpki_root_certs::TLS_SERVER_ROOT_CERTS))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
+}
+
+/// DER certificates as one PEM file.
+fn pem_bundle(certs: &[rustls::pki_types::CertificateDer<'_>]) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for cert in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
 /// The registry client for one endpoint over one protocol.
-fn oci_client(protocol: ClientProtocol, skip_verify: bool) -> oci_client::Client {
+///
+/// `oci_client::Client::try_from` also builds a default `reqwest::Client`, which panics when
+/// the node has no CA certificates (see [`ensure_ca_bundle`]); that case is an error here, and
+/// any other panic in the builder is caught and turned into one as well.
+/// (`oci_client::Client::new` is not used: on a builder error it falls back to a default client.)
+fn oci_client(protocol: ClientProtocol, skip_verify: bool) -> Result<oci_client::Client, String> {
     // reqwest panics when no rustls provider is installed; installing twice is a no-op error.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    oci_client::Client::new(ClientConfig {
+    if rustls_native_certs::load_native_certs().certs.is_empty() {
+        return Err(format!(
+            "no CA certificates on this node (none in the system paths, {CA_BUNDLE} missing)"
+        ));
+    }
+    let config = ClientConfig {
         protocol,
         accept_invalid_certificates: skip_verify,
         connect_timeout: Some(CONNECT_TIMEOUT),
@@ -216,7 +267,14 @@ fn oci_client(protocol: ClientProtocol, skip_verify: bool) -> oci_client::Client
         user_agent: concat!("ros/", env!("CARGO_PKG_VERSION")),
         platform_resolver: None,
         ..ClientConfig::default()
-    })
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        oci_client::Client::try_from(config)
+    })) {
+        Ok(Ok(client)) => Ok(client),
+        Ok(Err(e)) => Err(format!("HTTP client: {}", chain(&e))),
+        Err(_) => Err("HTTP client: the TLS setup panicked (see the log)".into()),
+    }
 }
 
 /// An error with its causes (`error sending request: … : connection refused`).
@@ -541,7 +599,10 @@ impl Client {
             } else {
                 "https"
             };
-            let oci = oci_client(protocol, skip_verify);
+            let oci = match oci_client(protocol, skip_verify) {
+                Ok(c) => c,
+                Err(e) => return Err(Failure::Registry(format!("{scheme}: {e}"))),
+            };
             let (plan, held) = match resolve(&oci, &reference, &auth, name).await {
                 Ok(r) => r,
                 Err(Fetch::Oci(e)) if i < last && is_connect(&e) => {
@@ -695,5 +756,22 @@ mod tests {
              registry example.invalid: echoed <redacted> back"
         );
         assert!(!format!("{eps:?}").contains("registry-pw"));
+    }
+
+    #[test]
+    fn test_ca_bundle_is_pem_that_rustls_reads_back() {
+        let certs = &webpki_root_certs::TLS_SERVER_ROOT_CERTS[..3];
+        let pem = pem_bundle(certs);
+        assert_eq!(pem.matches("-----BEGIN CERTIFICATE-----").count(), 3);
+        assert!(pem.lines().all(|l| l.len() <= 64));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.crt");
+        std::fs::write(&path, &pem).unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let back: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&path)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back.as_slice(), certs);
     }
 }

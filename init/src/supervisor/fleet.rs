@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::runtime::containers::{parse_signal, NewContainer, TaskState};
 use crate::runtime::daemon::{self, Instance};
 use crate::runtime::logs::{LogSink, Rotation, Stream};
-use crate::runtime::{bundled, spec, Client};
+use crate::runtime::{bundled, pull, spec, Client};
 use crate::supervisor::graph;
 use crate::supervisor::policy::{self, Backoff, Ended};
 use nix::sys::signal::Signal;
@@ -274,6 +274,12 @@ impl Fleet {
         }
         let max = config.limits.user.max_containers as usize;
         let registries = Arc::new(config.registries.clone());
+        // Pulls need CA certificates (even over plain HTTP, see pull::ensure_ca_bundle).
+        match pull::ensure_ca_bundle(Path::new(pull::CA_BUNDLE)) {
+            Ok(true) => log::info!("wrote the compiled-in CA bundle to {}", pull::CA_BUNDLE),
+            Ok(false) => {}
+            Err(e) => log::warn!("{}: {e}; registry pulls will fail", pull::CA_BUNDLE),
+        }
         let units = self.workloads.clone();
         let handle = self.rt.handle().clone();
         self.workload_starter = Some(self.rt.spawn(async move {
