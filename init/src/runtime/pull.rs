@@ -20,9 +20,12 @@
 //! it) nor in logs (the config holds it as a [`Secret`]).
 //!
 //! Must not: run containers, spawn processes, or reach anything the config does not name.
-//! Limitations: no CA bundle ships in the image yet, so a verified HTTPS registry works only
-//! where the node has system roots (`/etc/ssl/certs`); no per-registry CA or client
-//! certificates; layers are fetched one after another; schema 1 manifests are refused.
+//! Also owns the node's fallback CA bundle ([`ensure_ca_bundle`]: Mozilla's roots compiled in,
+//! written by PID 1 when the node has none — oci-client cannot even build a plain-HTTP client
+//! without system roots).
+//!
+//! Limitations: no per-registry CA or client certificates; layers are fetched one after
+//! another; schema 1 manifests are refused.
 
 use super::client::{Client, ClientError};
 use super::import::{
