@@ -25,6 +25,7 @@ PREREQS=(
   "docker-registry:docker-registry"
   "skopeo:skopeo"
   "htpasswd:apache2-utils"
+  "socat:socat"
 )
 
 ensure_prereqs() {

@@ -1,6 +1,7 @@
 //! VM test of workload images from a registry and from an OCI archive (issue 4, item 5). One
 //! boot: a real `docker-registry` with htpasswd credentials on the host's loopback, reached by
-//! the guest as 10.0.2.100:5000 through QEMU `guestfwd` (restricted user networking), holds the
+//! the guest as 10.0.2.100:5000 through QEMU `guestfwd` (restricted user networking; a `socat`
+//! per connection), holds the
 //! console image; the config names it with `[registries."10.0.2.100:5000"] insecure = true` and
 //! credentials. A second workload comes from `oci-archive:` (the syslog archive in the system
 //! image), and a third names a tag the registry does not have. The first two run, the third fails
@@ -62,8 +63,10 @@ fn workloads_from_a_registry_with_credentials_and_from_an_oci_archive() {
     std::fs::write(&cfg, config()).unwrap();
     let opts = VmOptions {
         config: Some(cfg),
+        // `guestfwd=…-tcp:HOST:PORT` is one chardev, connected once: a second guest connection
+        // shares (and breaks) it. `cmd:` spawns a forwarder per connection.
         nics: vec![format!(
-            "user,restrict=on,guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:{}",
+            "user,restrict=on,guestfwd=tcp:10.0.2.100:5000-cmd:socat - TCP:127.0.0.1:{}",
             reg.port()
         )],
         ..Default::default()
