@@ -4,9 +4,10 @@
 //! per connection), holds the
 //! console image; the config names it with `[registries."10.0.2.100:5000"] insecure = true` and
 //! credentials. A second workload comes from `oci-archive:` (the syslog archive in the system
-//! image), and a third names a tag the registry does not have. The first two run, the third fails
-//! on the console with its name and image and is retried, and the password appears nowhere in
-//! the console or the logs.
+//! image), a third names a tag the registry does not have, a fourth a missing archive, and a
+//! fifth the same registry image as the first. The pulled, imported and re-used ones run; the
+//! missing ones fail on the console with their name and image and are retried; the password
+//! appears nowhere in the console or the logs.
 
 use ros_tests::registry::TestRegistry;
 use ros_tests::{repo_root, running_pid, Vm, VmOptions};
@@ -43,6 +44,18 @@ stop_timeout_s = 2
 [workloads.missing]
 image = "10.0.2.100:5000/ros/none:1"
 net = "none"
+
+[workloads.noarchive]
+image = "oci-archive:/var/lib/none.oci.tar"
+net = "none"
+
+# The same registry image again: pulls are one at a time, so it finds it present.
+[workloads.remote2]
+image = "10.0.2.100:5000/ros/console:remote"
+entrypoint = []
+command = ["/bin/busybox", "sh", "-c", "while true; do sleep 1; done"]
+net = "none"
+stop_timeout_s = 2
 "#
     )
 }
@@ -77,12 +90,15 @@ fn workloads_from_a_registry_with_credentials_and_from_an_oci_archive() {
 
     // Both workloads run in the user namespace.
     let tasks = vm.poll("ctr -n user t ls", BOOT, |o| {
-        running_pid(o, "remote").is_some() && running_pid(o, "archived").is_some()
+        ["remote", "remote2", "archived"]
+            .iter()
+            .all(|w| running_pid(o, w).is_some())
     });
-    assert!(running_pid(&tasks, "remote").is_some(), "{tasks}");
-    assert!(running_pid(&tasks, "archived").is_some(), "{tasks}");
+    for w in ["remote", "remote2", "archived"] {
+        assert!(running_pid(&tasks, w).is_some(), "{w}:\n{tasks}");
+    }
     eprintln!(
-        "[vm registry] both workloads running {:.1}s after ready",
+        "[vm registry] the three workloads running {:.1}s after ready",
         ready_at.elapsed().as_secs_f64()
     );
     let images = vm.succeed("ctr -n user images ls -q").unwrap();
@@ -116,6 +132,18 @@ fn workloads_from_a_registry_with_credentials_and_from_an_oci_archive() {
         Duration::from_secs(30),
     )
     .unwrap();
+
+    // A missing archive: the line names the workload and the path.
+    vm.wait_for_console(
+        "ros: workload noarchive: image oci-archive:/var/lib/none.oci.tar: /var/lib/none.oci.tar: No such file or directory",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert!(
+        !vm.console_text()
+            .contains("workload remote2: image 10.0.2.100:5000/ros/console:remote:"),
+        "the second pull of the same image waited for the first and did not fail"
+    );
 
     // The password is nowhere: console, kernel log, ros's logs.
     let logs = vm.succeed("cat /var/log/ros/* 2>/dev/null; dmesg").unwrap();

@@ -50,6 +50,11 @@ const STOP_MARGIN: Duration = Duration::from_secs(10);
 
 static BRIDGE_WARNED: AtomicBool = AtomicBool::new(false);
 
+/// One import or pull at a time: two workloads naming the same image would otherwise write the
+/// same blobs at once (containerd refuses the second writer of a ref: `ref … locked`). The
+/// second one then finds the image present.
+static IMAGE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Service => "service",
@@ -524,6 +529,10 @@ async fn obtain_image(
     loop {
         let started = Instant::now();
         let attempt = async {
+            let _one_at_a_time = match &job.source {
+                ImageSource::Present => None,
+                ImageSource::Archive(_) | ImageSource::Registry(_) => Some(IMAGE_LOCK.lock().await),
+            };
             match &job.source {
                 ImageSource::Present => Ok(job.image.clone()),
                 ImageSource::Archive(path) => client
