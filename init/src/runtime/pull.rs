@@ -562,7 +562,9 @@ impl Client {
                 }
                 Err(Failure::Registry(error)) => {
                     let error = ep.scrub(&error);
-                    log::warn!("pull {name}: {} {}: {error}", ep.role, ep.host);
+                    // Info, not warn: the caller reports the whole error once; this line tells
+                    // of a mirror that failed before another endpoint served the pull.
+                    log::info!("pull {name}: {} {}: {error}", ep.role, ep.host);
                     attempts.push(Attempt {
                         endpoint: ep.host,
                         role: ep.role,
