@@ -13,50 +13,20 @@ use ros::runtime::pull::PullError;
 use ros::runtime::Client;
 use ros_tests::registry::{free_port, TestRegistry};
 use std::collections::BTreeMap;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use xtask::fetch;
-use xtask::hostctr::{self, HostContainerd};
-use xtask::layout::Layout;
-use xtask::oci::{self, ImageInputs};
+use xtask::hostctr::HostContainerd;
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+mod common;
+
+use common::is_root;
+
 const NS: &str = "user";
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: a private containerd needs root");
-    false
-}
 
 /// A private containerd and the console archive, built into its scratch directory.
 fn fixture() -> (HostContainerd, PathBuf) {
-    let layout = Layout::discover();
-    let pkgs = fetch::fetch_pinned(&layout, &mut |e| eprintln!("  {e}"))
-        .unwrap()
-        .1;
-    let rootfs = hostctr::prepare_rootfs(&layout, &pkgs).unwrap();
-    let ctr = HostContainerd::start(&rootfs).unwrap();
-    let ros = ctr.dir().join("ros-stand-in");
-    fs::write(&ros, "#!/bin/sh\necho ros stand-in \"$@\"\n").unwrap();
-    fs::set_permissions(&ros, fs::Permissions::from_mode(0o755)).unwrap();
-    let inputs = ImageInputs {
-        ros: &ros,
-        packages: &pkgs,
-        version: VERSION,
-        epoch: 0,
-    };
-    let image = oci::discover(&layout.images())
-        .unwrap()
-        .into_iter()
-        .find(|i| i.name == "console")
-        .unwrap();
-    let path = ctr.dir().join("console.oci.tar");
-    oci::build(&image, &inputs, &path).unwrap();
+    let (ctr, mut archives) = common::containerd_with_archives(&["console"]);
+    let path = archives.remove("console").unwrap();
     (ctr, path)
 }
 
