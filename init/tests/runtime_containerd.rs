@@ -19,33 +19,17 @@ use ros::runtime::spec::{self, SpecInput};
 use ros::runtime::Client;
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use xtask::fetch::{self, PackageSet};
 use xtask::hostctr::{self, HostContainerd};
 use xtask::layout::Layout;
-use xtask::oci::{self, ImageInputs};
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
+mod common;
+
+use common::{is_root, packages, VERSION};
+
 const NS: &str = "system";
-
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    eprintln!("skipped: a private containerd needs root");
-    false
-}
-
-/// The pinned packages, fetched and extracted through the xtask library (as `cargo xtask build`
-/// does: the clone's build/apt and build/extract, the shared download cache).
-fn packages(layout: &Layout) -> PackageSet {
-    fetch::fetch_pinned(layout, &mut |e| eprintln!("  {e}"))
-        .unwrap()
-        .1
-}
 
 /// A private containerd and the console and syslog archives (built into its scratch
 /// directory), as (name → path).
@@ -55,29 +39,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let layout = Layout::discover();
-    let pkgs = packages(&layout);
-    let rootfs = hostctr::prepare_rootfs(&layout, &pkgs).unwrap();
-    let ctr = HostContainerd::start(&rootfs).unwrap();
-    let ros = ctr.dir().join("ros-stand-in");
-    fs::write(&ros, "#!/bin/sh\necho ros stand-in \"$@\"\n").unwrap();
-    fs::set_permissions(&ros, fs::Permissions::from_mode(0o755)).unwrap();
-    let inputs = ImageInputs {
-        ros: &ros,
-        packages: &pkgs,
-        version: VERSION,
-        epoch: 0,
-    };
-    let mut archives = BTreeMap::new();
-    for image in oci::discover(&layout.images()).unwrap() {
-        if image.name != "console" && image.name != "syslog" {
-            continue;
-        }
-        let path = ctr.dir().join(format!("{}.oci.tar", image.name));
-        oci::build(&image, &inputs, &path).unwrap();
-        archives.insert(image.name.clone(), path);
-    }
-    assert_eq!(archives.len(), 2, "console and syslog images: {archives:?}");
+    let (ctr, archives) = common::containerd_with_archives(&["console", "syslog"]);
     Fixture { ctr, archives }
 }
 

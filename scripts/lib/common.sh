@@ -22,6 +22,10 @@ PREREQS=(
   "script:bsdutils"
   "dnsmasq:dnsmasq-base"
   "ip:iproute2"
+  "docker-registry:docker-registry"
+  "skopeo:skopeo"
+  "htpasswd:apache2-utils"
+  "socat:socat"
 )
 
 ensure_prereqs() {

@@ -9,6 +9,7 @@
 //! A failed test keeps its console log under `target/vm-logs/NAME.log`.
 
 pub mod qemu;
+pub mod registry;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

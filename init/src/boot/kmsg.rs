@@ -128,7 +128,16 @@ impl KmsgLogger {
 
 impl log::Log for KmsgLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        // Libraries' records (oci-client turns on tracing's `log` bridge, so hyper, h2 and
+        // reqwest events arrive here too) only from warnings up: their debug lines would flood
+        // the console and may carry request details.
+        let ours = metadata.target() == "ros" || metadata.target().starts_with("ros::");
+        let limit = if ours {
+            log::max_level()
+        } else {
+            log::max_level().min(log::LevelFilter::Warn)
+        };
+        metadata.level() <= limit
     }
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {

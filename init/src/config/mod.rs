@@ -22,6 +22,7 @@ pub mod load;
 pub mod plan;
 pub mod ports;
 pub mod schema;
+pub mod secret;
 mod spans;
 pub mod units;
 pub mod validate;

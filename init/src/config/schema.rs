@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::secret::Secret;
 use super::units::{string_map, sysctl_map, Memory, UserMemory};
 
 /// The schema version this build understands.
@@ -403,18 +404,22 @@ pub struct Capabilities {
     pub drop: Vec<String>,
 }
 
-/// `[registries."HOST"]`.
+/// `[registries."HOST[:PORT]"]`: how to reach one registry (the key is the host a reference
+/// names, `docker.io` for Docker Hub). Loopback hosts are reached over plain HTTP even without
+/// `insecure` (as Docker does for 127.0.0.0/8).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Registry {
-    /// Plain HTTP / unverified TLS.
+    /// HTTPS without certificate verification, falling back to plain HTTP.
     pub insecure: bool,
-    /// Mirror endpoints tried first.
+    /// `host[:port]` endpoints tried in order before the registry itself. Each is reached with
+    /// its own `[registries."MIRROR"]` settings, if any (credentials are never sent to a mirror
+    /// from the registry's table).
     pub mirrors: Vec<String>,
-    /// Credentials.
+    /// Basic credentials (the registry's token flow is followed with them).
     pub username: Option<String>,
-    /// Credentials.
-    pub password: Option<String>,
+    /// Never shown in logs, errors or `Debug`; exported as written.
+    pub password: Option<Secret>,
 }
 
 /// The field names of [`Registry`], used by the key path parser.

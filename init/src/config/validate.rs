@@ -4,7 +4,8 @@
 //! addresses, privileged workloads, ports outside bridge mode, port syntax, the workload subnet
 //! and host ports) — checked on every layer alone — and the rules that need the whole picture
 //! (an enabled container has an image, `depends_on` names exist, no dependency cycle, no host
-//! port published twice) — checked on the merged config only.
+//! port published twice, registry credentials come in pairs) — checked on the merged config
+//! only. Registry hosts and mirrors must be `host[:port]`.
 //! Must not: know about layers, sources or lines; it returns the key path and the reason, and the
 //! caller locates them.
 
@@ -13,7 +14,7 @@ use std::net::IpAddr;
 
 use super::error::PathSeg;
 use super::ports::{HostPort, PortMapping};
-use super::schema::{Config, Container, Interface, Kind, NetMode, WorkloadNetwork};
+use super::schema::{Config, Container, Interface, Kind, NetMode, Registry, WorkloadNetwork};
 
 /// What to check: a layer alone, or the merged config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +129,9 @@ pub fn check(config: &Config, scope: Scope) -> Result<(), Problem> {
             check_container(kind, section, name, c, scope)?;
         }
     }
+    for (host, registry) in &config.registries {
+        check_registry(host, registry, scope)?;
+    }
     if scope == Scope::Merged {
         check_depends_on(config)?;
         check_published_ports(config)?;
@@ -209,6 +213,95 @@ fn check_published_ports(config: &Config) -> Result<(), Problem> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `host[:port]` as a registry reference names it: a DNS name (`registry-1.docker.io`,
+/// `localhost`), an IPv4 address or a bracketed IPv6 address, and an optional port 1..=65535.
+/// No scheme, no path.
+pub fn valid_registry_host(text: &str) -> bool {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(port) => ("", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (text, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let host_ok = (host.is_empty() && text.starts_with('['))
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }));
+    port_ok && host_ok
+}
+
+fn check_registry(host: &str, r: &Registry, scope: Scope) -> Result<(), Problem> {
+    const HINT: &str =
+        "expected host[:port] like registry.example.com or 10.0.2.100:5000 (no scheme, no path)";
+    ensure(valid_registry_host(host), &["registries", host], || {
+        format!("invalid registry {host:?}: {HINT}")
+    })?;
+    for (i, m) in r.mirrors.iter().enumerate() {
+        if !valid_registry_host(m) {
+            let mut p = at(
+                &["registries", host, "mirrors"],
+                format!("invalid mirror {m:?}: {HINT}"),
+            );
+            p.path.push(PathSeg::Index(i));
+            return Err(p);
+        }
+        if m == host {
+            let mut p = at(
+                &["registries", host, "mirrors"],
+                "a registry cannot be its own mirror",
+            );
+            p.path.push(PathSeg::Index(i));
+            return Err(p);
+        }
+    }
+    if let Some(user) = &r.username {
+        ensure(
+            !user.is_empty() && !user.contains(':') && !user.contains(char::is_control),
+            &["registries", host, "username"],
+            || "a username must be non-empty, without ':' or control characters".to_string(),
+        )?;
+    }
+    if scope == Scope::Merged {
+        // Layers may split the pair (username in the image's file, password on the cmdline).
+        ensure(
+            r.username.is_none() || r.password.is_some(),
+            &["registries", host, "username"],
+            || "a username needs a password".to_string(),
+        )?;
+        ensure(
+            r.password.is_none() || r.username.is_some(),
+            &["registries", host, "password"],
+            || "a password needs a username".to_string(),
+        )?;
     }
     Ok(())
 }
@@ -637,5 +730,79 @@ mod tests {
             );
         });
         assert_eq!(p, None);
+    }
+
+    #[test]
+    fn registry_hosts_are_host_and_port() {
+        for ok in [
+            "docker.io",
+            "10.0.2.100:5000",
+            "localhost:5000",
+            "registry-1.docker.io",
+            "[::1]:5000",
+            "[fd00::1]",
+        ] {
+            assert!(valid_registry_host(ok), "{ok}");
+        }
+        for bad in [
+            "", "http://x", "x/y", "x:0", "x:99999", "x:", "-x", "a..b", "[::1", "::1", "x y",
+        ] {
+            assert!(!valid_registry_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registry_errors_name_the_key() {
+        use crate::config::schema::Registry;
+        use crate::config::secret::Secret;
+        let bad = |host: &str, r: Registry| {
+            problem(|c| {
+                c.registries.insert(host.into(), r);
+            })
+        };
+        let r = Registry {
+            mirrors: vec!["http://m:5000".into()],
+            ..Registry::default()
+        };
+        assert_eq!(
+            bad("10.0.2.100:5000", r),
+            Some("registries.\"10.0.2.100:5000\".mirrors[0]: invalid mirror \"http://m:5000\": expected host[:port] like registry.example.com or 10.0.2.100:5000 (no scheme, no path)".into())
+        );
+        assert!(bad("a/b", Registry::default())
+            .is_some_and(|p| p.starts_with("registries.\"a/b\": invalid registry")));
+        let r = Registry {
+            username: Some("u".into()),
+            ..Registry::default()
+        };
+        assert_eq!(
+            bad("r.example", r),
+            Some("registries.\"r.example\".username: a username needs a password".into())
+        );
+        let r = Registry {
+            password: Some(Secret::new("pw-not-shown")),
+            ..Registry::default()
+        };
+        let p = bad("r.example", r).unwrap();
+        assert_eq!(
+            p,
+            "registries.\"r.example\".password: a password needs a username"
+        );
+        let r = Registry {
+            username: Some("u".into()),
+            password: Some(Secret::new("pw")),
+            insecure: true,
+            mirrors: vec!["127.0.0.1:5000".into()],
+        };
+        assert_eq!(bad("r.example", r), None);
+        // A single layer may carry half of the pair.
+        let mut c = Config::default();
+        c.registries.insert(
+            "r.example".into(),
+            Registry {
+                username: Some("u".into()),
+                ..Registry::default()
+            },
+        );
+        assert_eq!(check(&c, Scope::Layer), Ok(()));
     }
 }

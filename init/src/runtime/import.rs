@@ -1,21 +1,22 @@
-//! Images from OCI image-layout archives (`*.oci.tar`, as `xtask/src/oci.rs` builds them) into
-//! a containerd namespace, done the way `ctr images import` does it, through the content,
-//! snapshots, diff and images services; and reading an image's config back.
+//! Images into a containerd namespace through the content, snapshots, diff and images services,
+//! done the way `ctr images import` does it: from OCI image-layout archives (`*.oci.tar`, as
+//! `xtask/src/oci.rs` builds them) here, and from registries through the same [`Client::store`]
+//! (`pull.rs` supplies the blobs); and reading an image's config back.
 //!
 //! Owns: the archive reader (a tar index of offsets, blobs streamed from the file in
-//! [`CHUNK`]-sized pieces, well under containerd's 16 MiB message limit), the blob writes
-//! (skipped for blobs the content store already has), the garbage-collection labels (manifest →
-//! config and layers, layer → uncompressed digest, config → unpacked snapshot), the unpack
-//! (one committed overlayfs snapshot per layer, named by its chain ID) and the image record.
-//! Work in progress is protected by a containerd lease, released at the end.
+//! [`CHUNK`]-sized pieces, well under containerd's 16 MiB message limit), the blob writes from
+//! any [`BlobSource`] (skipped for blobs the content store already has), the garbage-collection
+//! labels (index → chosen manifest, manifest → config and layers, layer → uncompressed digest,
+//! config → unpacked snapshot), the unpack (one committed overlayfs snapshot per layer, named by
+//! its chain ID) and the image record. Work in progress is protected by a containerd lease,
+//! released at the end. Logs `IMAGE: layer i/n SIZE` as each layer is written.
 //!
-//! "Already present" means: an image record of that name already targets the archive's manifest
-//! digest and its top snapshot exists. Then nothing is written and nothing unpacked.
+//! "Already present" means: an image record of that name already targets the same digest and
+//! its top snapshot exists. Then nothing is written and nothing unpacked.
 //!
-//! Must not: pull from registries (a separate, client-side puller comes later), run containers,
-//! or spawn processes. Limitations: one image per archive (an explicit name picks it among
-//! several), a nested index is refused, reading the archive is plain blocking file I/O of at
-//! most one chunk at a time.
+//! Must not: talk to registries (`pull` does), run containers, or spawn processes. Limitations:
+//! one image per archive (an explicit name picks it among several), a nested index in an archive
+//! is refused, reading the archive is plain blocking file I/O of at most one chunk at a time.
 
 use super::client::{Client, ClientError, Rpc, SNAPSHOTTER};
 use super::spec::ImageConfig;
@@ -40,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Bytes per content write message (containerd refuses messages over 16 MiB).
 pub const CHUNK: usize = 1 << 20;
 /// Largest index, manifest or config read into memory.
-const MAX_JSON: u64 = 4 << 20;
+pub(crate) const MAX_JSON: u64 = 4 << 20;
 /// How long a lease outlives a ros that died in the middle of an import.
 const LEASE_EXPIRY: Duration = Duration::from_secs(3600);
 
@@ -52,11 +53,11 @@ pub const LABEL_GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot.overlayfs";
 const LABEL_GC_CONFIG: &str = "containerd.io/gc.ref.content.config";
 const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
-const MEDIA_INDEX: &[&str] = &[
+pub(crate) const MEDIA_INDEX: &[&str] = &[
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 ];
-const MEDIA_MANIFEST: &[&str] = &[
+pub(crate) const MEDIA_MANIFEST: &[&str] = &[
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];
@@ -98,6 +99,12 @@ pub enum ImportError {
         expected: String,
         actual: String,
     },
+    #[error("image {image}: blob {digest}: {reason}")]
+    Source {
+        image: String,
+        digest: String,
+        reason: String,
+    },
     #[error(transparent)]
     Client(#[from] ClientError),
 }
@@ -131,48 +138,61 @@ pub struct ImageInfo {
     pub stop_signal: Option<String>,
 }
 
+/// An OCI content descriptor, as manifests and indexes hold them.
 #[derive(Debug, Clone, Deserialize)]
-struct Desc {
+pub(crate) struct Desc {
     #[serde(rename = "mediaType", default)]
-    media_type: String,
-    digest: String,
-    size: i64,
+    pub(crate) media_type: String,
+    pub(crate) digest: String,
+    pub(crate) size: i64,
     #[serde(default)]
-    annotations: HashMap<String, String>,
+    pub(crate) annotations: HashMap<String, String>,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-struct Platform {
+pub(crate) struct Platform {
     #[serde(default)]
-    architecture: String,
+    pub(crate) architecture: String,
     #[serde(default)]
-    os: String,
+    pub(crate) os: String,
+}
+
+/// An image index (`index.json` of an archive, or a registry's manifest list).
+#[derive(Debug, Deserialize)]
+pub(crate) struct Index {
+    pub(crate) manifests: Vec<Desc>,
+}
+
+impl Index {
+    /// The position and descriptor of the first linux/amd64 manifest.
+    pub(crate) fn linux_amd64(&self) -> Option<(usize, &Desc)> {
+        self.manifests.iter().enumerate().find(|(_, d)| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
-struct Index {
-    manifests: Vec<Desc>,
+pub(crate) struct Manifest {
+    pub(crate) config: Desc,
+    pub(crate) layers: Vec<Desc>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Desc,
-    layers: Vec<Desc>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ConfigBlob {
-    rootfs: RootFs,
+pub(crate) struct ConfigBlob {
+    pub(crate) rootfs: RootFs,
     #[serde(default)]
     config: Option<RunConfig>,
 }
 
 #[derive(Debug, Deserialize)]
-struct RootFs {
+pub(crate) struct RootFs {
     #[serde(default)]
-    diff_ids: Vec<String>,
+    pub(crate) diff_ids: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,7 +213,7 @@ impl Desc {
 }
 
 /// `sha256:<64 hex>` → `<64 hex>`, or `None` for anything else (a digest also names a path).
-fn sha256_hex(digest: &str) -> Option<&str> {
+pub(crate) fn sha256_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
     (hex.len() == 64
         && hex
@@ -202,7 +222,7 @@ fn sha256_hex(digest: &str) -> Option<&str> {
     .then_some(hex)
 }
 
-fn sha256_digest(bytes: &[u8]) -> String {
+pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
@@ -221,14 +241,14 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 }
 
 /// An OCI layout tar, indexed: file name → (offset of its data, size).
-struct Archive {
+pub(crate) struct Archive {
     path: PathBuf,
     file: File,
     entries: HashMap<String, (u64, u64)>,
 }
 
 impl Archive {
-    fn open(path: &Path) -> Result<Self, ImportError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, ImportError> {
         let io = |source| ImportError::Io {
             archive: path.to_owned(),
             source,
@@ -316,17 +336,100 @@ impl Archive {
     }
 }
 
-/// What an archive holds for one image, read and checked before containerd is asked anything.
-struct Plan {
-    name: String,
-    manifest: Desc,
-    config: Desc,
-    layers: Vec<Desc>,
-    diff_ids: Vec<String>,
-    chain_ids: Vec<String>,
+/// One image to store, read and checked before containerd is asked anything (from an archive,
+/// or from a registry's manifest and config).
+pub(crate) struct Plan {
+    /// `import` or `pull`: how progress lines start.
+    pub(crate) action: &'static str,
+    pub(crate) name: String,
+    /// What the image record targets: the manifest, or the index it was chosen from.
+    pub(crate) target: Desc,
+    /// The manifest's position in the index when `target` is one.
+    pub(crate) index_pos: Option<usize>,
+    pub(crate) manifest: Desc,
+    pub(crate) config: Desc,
+    pub(crate) layers: Vec<Desc>,
+    pub(crate) diff_ids: Vec<String>,
+    pub(crate) chain_ids: Vec<String>,
 }
 
-fn plan(ar: &mut Archive, name: Option<&str>) -> Result<Plan, ImportError> {
+impl Plan {
+    /// A plan for `manifest` (with its parsed body and config), checked for a diff ID per layer.
+    pub(crate) fn new(
+        name: String,
+        target: Desc,
+        index_pos: Option<usize>,
+        manifest: Desc,
+        body: Manifest,
+        cfg: &ConfigBlob,
+    ) -> Result<Self, String> {
+        if cfg.rootfs.diff_ids.len() != body.layers.len() {
+            return Err(format!(
+                "{}: {} layers but {} diff_ids in the config",
+                manifest.digest,
+                body.layers.len(),
+                cfg.rootfs.diff_ids.len()
+            ));
+        }
+        Ok(Plan {
+            action: "import",
+            name,
+            target,
+            index_pos,
+            manifest,
+            config: body.config,
+            layers: body.layers,
+            diff_ids: cfg.rootfs.diff_ids.clone(),
+            chain_ids: chain_ids(&cfg.rootfs.diff_ids),
+        })
+    }
+
+    /// The same plan, its progress lines starting with `action`.
+    pub(crate) fn action(self, action: &'static str) -> Self {
+        Plan { action, ..self }
+    }
+
+    fn top(&self) -> &str {
+        self.chain_ids.last().map_or("", String::as_str)
+    }
+}
+
+/// Where the bytes of an image's blobs come from: an archive, or a registry.
+pub(crate) trait BlobSource: Send {
+    /// Up to `len` bytes of blob `desc` from byte `pos` (fewer only at its end). A blob is read
+    /// from `pos` 0 on, in order, one blob at a time.
+    fn read(
+        &mut self,
+        image: &str,
+        desc: &Desc,
+        pos: u64,
+        len: usize,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, ImportError>> + Send;
+}
+
+impl BlobSource for Archive {
+    async fn read(
+        &mut self,
+        _image: &str,
+        desc: &Desc,
+        pos: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, ImportError> {
+        let (offset, size) = self.blob_entry(&desc.digest)?;
+        if i64::try_from(size).ok() != Some(desc.size) {
+            return Err(self.bad(format!(
+                "{}: {size} bytes in the archive, {} in its descriptor",
+                desc.digest, desc.size
+            )));
+        }
+        let len = usize::try_from(size.saturating_sub(pos))
+            .unwrap_or(len)
+            .min(len);
+        self.read_at(offset + pos, len)
+    }
+}
+
+pub(crate) fn plan(ar: &mut Archive, name: Option<&str>) -> Result<Plan, ImportError> {
     let index_bytes = ar.read_small("index.json")?;
     let index: Index =
         serde_json::from_slice(&index_bytes).map_err(|e| ar.bad(format!("index.json: {e}")))?;
@@ -373,26 +476,64 @@ fn plan(ar: &mut Archive, name: Option<&str>) -> Result<Plan, ImportError> {
     };
     let m: Manifest = ar.read_blob_json(&manifest)?;
     let cfg: ConfigBlob = ar.read_blob_json(&m.config)?;
-    if cfg.rootfs.diff_ids.len() != m.layers.len() {
-        return Err(ar.bad(format!(
-            "{}: {} layers but {} diff_ids in the config",
-            manifest.digest,
-            m.layers.len(),
-            cfg.rootfs.diff_ids.len()
-        )));
-    }
     for l in &m.layers {
         ar.blob_entry(&l.digest)?;
     }
-    let chain_ids = chain_ids(&cfg.rootfs.diff_ids);
-    Ok(Plan {
-        name,
-        manifest,
-        config: m.config,
-        layers: m.layers,
-        diff_ids: cfg.rootfs.diff_ids,
-        chain_ids,
-    })
+    Plan::new(name, manifest.clone(), None, manifest, m, &cfg).map_err(|e| ar.bad(e))
+}
+
+/// The next `Content.Write` message of blob `desc`: the chunk from `pos`, `Commit` (with the
+/// labels) on the last one. Returns it and the position after it.
+async fn next_write(
+    src: &mut impl BlobSource,
+    image: &str,
+    desc: &Desc,
+    size: u64,
+    pos: u64,
+    reference: &str,
+    labels: &HashMap<String, String>,
+) -> Result<(WriteContentRequest, u64), ImportError> {
+    let len = usize::try_from(size - pos).unwrap_or(CHUNK).min(CHUNK);
+    let data = src.read(image, desc, pos, len).await?;
+    if data.len() != len {
+        return Err(ImportError::Content {
+            image: image.to_owned(),
+            digest: desc.digest.clone(),
+            reason: format!("ended at byte {}, {size} expected", pos + data.len() as u64),
+        });
+    }
+    let end = pos + len as u64;
+    let last = end == size;
+    let req = WriteContentRequest {
+        action: if last {
+            WriteAction::Commit
+        } else {
+            WriteAction::Write
+        } as i32,
+        r#ref: reference.to_owned(),
+        total: desc.size,
+        expected: desc.digest.clone(),
+        offset: i64::try_from(pos).unwrap_or(i64::MAX),
+        data,
+        labels: if last { labels.clone() } else { HashMap::new() },
+    };
+    Ok((req, end))
+}
+
+/// `1.4 MiB`, `512 B`: sizes in progress lines.
+pub(crate) fn human_size(bytes: i64) -> String {
+    let b = bytes.max(0) as f64;
+    if b < 1024.0 {
+        return format!("{bytes} B");
+    }
+    let mut v = b / 1024.0;
+    for unit in ["KiB", "MiB", "GiB"] {
+        if v < 1024.0 {
+            return format!("{v:.1} {unit}");
+        }
+        v /= 1024.0;
+    }
+    format!("{v:.1} TiB")
 }
 
 fn now() -> prost_types::Timestamp {
@@ -424,14 +565,39 @@ impl Client {
     ) -> Result<Imported, ImportError> {
         let mut ar = Archive::open(archive)?;
         let plan = plan(&mut ar, name)?;
-        let top = plan.chain_ids.last().cloned().unwrap_or_default();
+        self.store(&plan, &mut ar).await
+    }
+
+    /// True when image `name` exists here and is unpacked (its top snapshot exists): what a
+    /// pull checks before it asks any registry.
+    pub async fn image_present(&self, name: &str) -> Result<bool, ImportError> {
+        let info = match self.image_info(name).await {
+            Ok(i) => i,
+            Err(ImportError::NotFound { .. }) => return Ok(false),
+            // Content missing or unreadable: not usable, so not present.
+            Err(ImportError::Content { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        Ok(info.chain_id.is_empty() || self.snapshot_exists(name, &info.chain_id).await?)
+    }
+
+    /// Writes what `plan` names from `src` into the content store, unpacks it and creates (or
+    /// retargets) the image record, under a lease. Nothing is written when an image of that name
+    /// already targets the same digest and is unpacked.
+    pub(crate) async fn store(
+        &self,
+        plan: &Plan,
+        src: &mut impl BlobSource,
+    ) -> Result<Imported, ImportError> {
         if let Some(img) = self.get_image(&plan.name).await? {
-            let same = img.target.as_ref().map(|t| t.digest.as_str())
-                == Some(plan.manifest.digest.as_str());
-            if same && (top.is_empty() || self.snapshot_exists(&plan.name, &top).await?) {
+            let same =
+                img.target.as_ref().map(|t| t.digest.as_str()) == Some(plan.target.digest.as_str());
+            if same
+                && (plan.top().is_empty() || self.snapshot_exists(&plan.name, plan.top()).await?)
+            {
                 return Ok(Imported {
-                    name: plan.name,
-                    digest: plan.manifest.digest,
+                    name: plan.name.clone(),
+                    digest: plan.target.digest.clone(),
                     already_present: true,
                     blobs_written: 0,
                     layers_unpacked: 0,
@@ -439,7 +605,7 @@ impl Client {
             }
         }
         let lease = self.lease(LEASE_EXPIRY).await?;
-        let result = lease.client().import_plan(&mut ar, &plan).await;
+        let result = lease.client().store_plan(src, plan).await;
         // The lease only guarded the work in progress; what was imported is referenced by now.
         // A lease that cannot be deleted expires by itself: not worth failing the import for.
         let lease_id = lease.id().to_owned();
@@ -448,17 +614,17 @@ impl Client {
         }
         let (blobs_written, layers_unpacked) = result?;
         Ok(Imported {
-            name: plan.name,
-            digest: plan.manifest.digest,
+            name: plan.name.clone(),
+            digest: plan.target.digest.clone(),
             already_present: false,
             blobs_written,
             layers_unpacked,
         })
     }
 
-    async fn import_plan(
+    async fn store_plan(
         &self,
-        ar: &mut Archive,
+        src: &mut impl BlobSource,
         plan: &Plan,
     ) -> Result<(usize, usize), ImportError> {
         let image = plan.name.as_str();
@@ -480,12 +646,30 @@ impl Client {
             );
         }
         blobs.push((&plan.manifest, manifest_labels));
+        if let Some(pos) = plan.index_pos {
+            blobs.push((
+                &plan.target,
+                HashMap::from([(
+                    format!("containerd.io/gc.ref.content.m.{pos}"),
+                    plan.manifest.digest.clone(),
+                )]),
+            ));
+        }
+        let layers = plan.layers.len();
         let mut written = 0;
-        for (desc, labels) in blobs {
+        for (i, (desc, labels)) in blobs.into_iter().enumerate() {
             if self.content_info(image, &desc.digest).await?.is_some() {
                 continue;
             }
-            if self.write_blob(ar, image, desc, labels).await? {
+            if i < layers {
+                log::info!(
+                    "{} {image}: layer {}/{layers} {}",
+                    plan.action,
+                    i + 1,
+                    human_size(desc.size)
+                );
+            }
+            if self.write_blob(src, image, desc, labels).await? {
                 written += 1;
             }
         }
@@ -521,7 +705,7 @@ impl Client {
         let record = Image {
             name: plan.name.clone(),
             labels: HashMap::new(),
-            target: Some(plan.manifest.to_proto()),
+            target: Some(plan.target.to_proto()),
             created_at: Some(now()),
             updated_at: Some(now()),
         };
@@ -551,48 +735,27 @@ impl Client {
         Ok((written, unpacked))
     }
 
-    /// Writes one blob from the archive, message by message (each answered before the next is
-    /// sent, so at most one chunk is in memory). Returns false when containerd already had it.
-    async fn write_blob(
+    /// Writes one blob from `src`, message by message (each answered before the next is sent,
+    /// so at most one chunk is in memory). containerd checks size and digest on commit. Returns
+    /// false when containerd already had it.
+    async fn write_blob<S: BlobSource>(
         &self,
-        ar: &mut Archive,
+        src: &mut S,
         image: &str,
         desc: &Desc,
         labels: HashMap<String, String>,
     ) -> Result<bool, ImportError> {
-        let (offset, size) = ar.blob_entry(&desc.digest)?;
-        if i64::try_from(size).ok() != Some(desc.size) {
-            return Err(ar.bad(format!(
-                "{}: {size} bytes in the archive, {} in its descriptor",
-                desc.digest, desc.size
-            )));
-        }
+        let size = u64::try_from(desc.size).map_err(|_| ImportError::Content {
+            image: image.to_owned(),
+            digest: desc.digest.clone(),
+            reason: format!("negative size {}", desc.size),
+        })?;
         let rpc = |s: Status| self.import_rpc(image, "Content.Write", &desc.digest, s);
         let reference = format!("ros-import-{}", desc.digest);
-        let next =
-            |ar: &mut Archive, pos: u64| -> Result<(WriteContentRequest, u64), ImportError> {
-                let len = usize::try_from(size - pos).unwrap_or(CHUNK).min(CHUNK);
-                let end = pos + len as u64;
-                let last = end == size;
-                let req = WriteContentRequest {
-                    action: if last {
-                        WriteAction::Commit
-                    } else {
-                        WriteAction::Write
-                    } as i32,
-                    r#ref: reference.clone(),
-                    total: desc.size,
-                    expected: desc.digest.clone(),
-                    offset: i64::try_from(pos).unwrap_or(i64::MAX),
-                    data: ar.read_at(offset + pos, len)?,
-                    labels: if last { labels.clone() } else { HashMap::new() },
-                };
-                Ok((req, end))
-            };
         let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(1);
         let stream =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let (first, mut pos) = next(ar, 0)?;
+        let (first, mut pos) = next_write(src, image, desc, size, 0, &reference, &labels).await?;
         let mut sent_commit = first.action == WriteAction::Commit as i32;
         // The channel holds one message; containerd answers it before reading the next.
         if tx.send(first).await.is_err() {
@@ -612,7 +775,8 @@ impl Client {
                 Err(s) => return Err(rpc(s)),
             }
             if !sent_commit {
-                let (req, end) = next(ar, pos)?;
+                let (req, end) =
+                    next_write(src, image, desc, size, pos, &reference, &labels).await?;
                 sent_commit = req.action == WriteAction::Commit as i32;
                 pos = end;
                 if tx.send(req).await.is_err() {
@@ -802,19 +966,14 @@ impl Client {
         let mut manifest_digest = target.digest.clone();
         if MEDIA_INDEX.contains(&target.media_type.as_str()) {
             let (index, _): (Index, _) = self.read_json(name, &target.digest).await?;
-            let chosen = index.manifests.iter().find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-            });
-            manifest_digest =
-                chosen
-                    .map(|d| d.digest.clone())
-                    .ok_or_else(|| ImportError::Content {
-                        image: name.to_owned(),
-                        digest: target.digest.clone(),
-                        reason: "no linux/amd64 manifest in the index".into(),
-                    })?;
+            manifest_digest = index
+                .linux_amd64()
+                .map(|(_, d)| d.digest.clone())
+                .ok_or_else(|| ImportError::Content {
+                    image: name.to_owned(),
+                    digest: target.digest.clone(),
+                    reason: "no linux/amd64 manifest in the index".into(),
+                })?;
         }
         let (manifest, _): (Manifest, _) = self.read_json(name, &manifest_digest).await?;
         let (cfg, raw): (ConfigBlob, _) = self.read_json(name, &manifest.config.digest).await?;
@@ -875,6 +1034,24 @@ mod tests {
         assert_eq!(ids[0], a);
         assert_eq!(ids[1], sha256_digest(format!("{a} {b}").as_bytes()));
         assert!(chain_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn test_index_picks_the_first_linux_amd64_manifest() {
+        let index: Index = serde_json::from_value(serde_json::json!({"manifests": [
+            {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": "sha256:b", "size": 1},
+            {"digest": "sha256:c", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": "sha256:d", "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+        ]}))
+        .unwrap();
+        let (pos, d) = index.linux_amd64().unwrap();
+        assert_eq!((pos, d.digest.as_str()), (2, "sha256:c"));
+        let none: Index = serde_json::from_value(serde_json::json!({"manifests": [
+            {"digest": "sha256:a", "size": 1, "platform": {"os": "windows", "architecture": "amd64"}},
+        ]}))
+        .unwrap();
+        assert!(none.linux_amd64().is_none());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`client`]: one connection, one namespace; the interceptor that stamps namespace and lease
 //!   headers on every request.
 //! - [`import`]: OCI archives into the content store, unpacked into snapshots; image configs.
+//! - [`pull`]: images from registries (mirrors, insecure, credentials), client-side, stored
+//!   through `import`'s content and unpack path.
 //! - [`containers`]: containers and their tasks: create, start, kill, wait, stop, delete, list.
 //! - [`logs`]: stdout/stderr FIFOs per task copied into rotated per-container log files.
 //! - [`spec`]: OCI runtime specs (pure).
@@ -19,6 +21,7 @@ pub mod containers;
 pub mod daemon;
 pub mod import;
 pub mod logs;
+pub mod pull;
 pub mod spec;
 
 pub use client::{Client, ClientError};

@@ -11,21 +11,26 @@
 //! owns the containerd daemons). A containerd that goes away is waited for: each supervisor
 //! reconnects once it answers again and restarts its task if the task is gone.
 //!
-//! Limitations: `net = "bridge"` runs as `none` (a warning, once); images are the bundled ones
-//! only (no registry pull yet); restart counts live in memory.
+//! Image resolution: services run bundled images; a workload's `image` is a bundled image
+//! (imported by the starter), `oci-archive:PATH` (imported by its supervisor) or a registry
+//! reference (pulled by its supervisor with `[registries]`, `runtime::pull`). A failed import or
+//! pull fails that workload (`ros: workload NAME: image IMAGE: …; retry N in Ds`) and is retried
+//! with the restart backoff; workloads start after `ready`, so a pull never holds it back.
+//!
+//! Limitations: `net = "bridge"` runs as `none` (a warning, once); restart counts live in memory.
 
 use crate::boot::{kmsg, sysimage};
-use crate::config::schema::{Container, Kind, NetMode};
+use crate::config::schema::{Container, Kind, NetMode, Registry};
 use crate::config::Config;
 use crate::runtime::containers::{parse_signal, NewContainer, TaskState};
 use crate::runtime::daemon::{self, Instance};
 use crate::runtime::logs::{LogSink, Rotation, Stream};
-use crate::runtime::{bundled, spec, Client};
+use crate::runtime::{bundled, pull, spec, Client};
 use crate::supervisor::graph;
 use crate::supervisor::policy::{self, Backoff, Ended};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +49,11 @@ const WAVE_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_MARGIN: Duration = Duration::from_secs(10);
 
 static BRIDGE_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// One import or pull at a time: two workloads naming the same image would otherwise write the
+/// same blobs at once (containerd refuses the second writer of a ref: `ref … locked`). The
+/// second one then finds the image present.
+static IMAGE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
@@ -86,7 +96,35 @@ struct Job {
     socket: std::path::PathBuf,
     namespace: &'static str,
     image: String,
+    /// How `image` gets into the namespace.
+    source: ImageSource,
     cgroups_path: String,
+}
+
+/// Where a container's image comes from.
+#[derive(Debug, Clone)]
+enum ImageSource {
+    /// Already in the namespace (a bundled image, imported before the container starts).
+    Present,
+    /// `oci-archive:PATH`: imported by the supervisor.
+    Archive(PathBuf),
+    /// A registry reference, pulled by the supervisor with these `[registries]` settings.
+    Registry(Arc<BTreeMap<String, Registry>>),
+}
+
+/// The prefix that names an OCI archive on the node as a workload's image.
+pub const OCI_ARCHIVE: &str = "oci-archive:";
+
+/// How a workload's `image` is obtained: bundled, `oci-archive:PATH`, or a registry pull.
+fn workload_source(
+    image: &str,
+    registries: &Arc<BTreeMap<String, Registry>>,
+) -> Result<bundled::Bundled, ImageSource> {
+    if let Some(path) = image.strip_prefix(OCI_ARCHIVE) {
+        return Err(ImageSource::Archive(PathBuf::from(path)));
+    }
+    bundled::lookup(Path::new(sysimage::ARCHIVES), image)
+        .ok_or_else(|| ImageSource::Registry(registries.clone()))
 }
 
 /// The containers of the node and the runtime their clients run in.
@@ -210,6 +248,7 @@ impl Fleet {
                     socket: instance.socket.clone(),
                     namespace: instance.namespace(),
                     image,
+                    source: ImageSource::Present,
                     cgroups_path: format!("/ros/system/{name}"),
                 };
                 let unit = spawn_unit(self.rt.handle(), job);
@@ -239,6 +278,13 @@ impl Fleet {
             return;
         }
         let max = config.limits.user.max_containers as usize;
+        let registries = Arc::new(config.registries.clone());
+        // Pulls need CA certificates (even over plain HTTP, see pull::ensure_ca_bundle).
+        match pull::ensure_ca_bundle(Path::new(pull::CA_BUNDLE)) {
+            Ok(true) => log::info!("wrote the compiled-in CA bundle to {}", pull::CA_BUNDLE),
+            Ok(false) => {}
+            Err(e) => log::warn!("{}: {e}; registry pulls will fail", pull::CA_BUNDLE),
+        }
         let units = self.workloads.clone();
         let handle = self.rt.handle().clone();
         self.workload_starter = Some(self.rt.spawn(async move {
@@ -281,14 +327,14 @@ impl Fleet {
                         continue;
                     }
                     admitted += 1;
-                    let image = match bundled::lookup(Path::new(sysimage::ARCHIVES), &c.image) {
-                        Some(b) => {
+                    let (image, source) = match workload_source(&c.image, &registries) {
+                        Ok(b) => {
                             if imported.insert(b.archive.clone()) {
                                 import_one(&client, &b).await;
                             }
-                            b.name
+                            (b.name, ImageSource::Present)
                         }
-                        None => bundled::normalize(&c.image),
+                        Err(source) => (c.image.clone(), source),
                     };
                     let job = Job {
                         name: name.clone(),
@@ -297,6 +343,7 @@ impl Fleet {
                         socket: instance.socket.clone(),
                         namespace: instance.namespace(),
                         image,
+                        source,
                         // Relative to the user containerd's cgroup namespace, rooted at the fence
                         // (`fence_ns`): `/ros/user/user/<name>` on the host, beside `ctr run`'s.
                         cgroups_path: format!("/{}/{name}", instance.namespace()),
@@ -471,6 +518,77 @@ async fn wait_exit(
     }
 }
 
+/// Brings the job's image into the namespace (import or pull), retrying with the restart
+/// backoff until that works or a stop is asked (`None`). Returns the image's name there.
+async fn obtain_image(
+    what: &str,
+    job: &Job,
+    client: &Client,
+    state: &watch::Sender<State>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<String> {
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        let attempt = async {
+            let _one_at_a_time = match &job.source {
+                ImageSource::Present => None,
+                ImageSource::Archive(_) | ImageSource::Registry(_) => Some(IMAGE_LOCK.lock().await),
+            };
+            match &job.source {
+                ImageSource::Present => Ok(job.image.clone()),
+                ImageSource::Archive(path) => client
+                    .import_archive(path, None)
+                    .await
+                    .map(|i| {
+                        log::info!(
+                            "{what}: {} imported from {} ({} blobs, {} layers)",
+                            i.name,
+                            path.display(),
+                            i.blobs_written,
+                            i.layers_unpacked
+                        );
+                        i.name
+                    })
+                    .map_err(|e| e.to_string()),
+                ImageSource::Registry(registries) => client
+                    .pull(&job.image, registries)
+                    .await
+                    .map(|p| p.name)
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        // A stop asked in the middle of a pull ends it.
+        let result = tokio::select! {
+            r = attempt => r,
+            _ = stop.changed() => return None,
+        };
+        let error = match result {
+            Ok(name) => return Some(name),
+            Err(e) => e,
+        };
+        let delay = backoff.delay_after(started.elapsed());
+        kmsg::console(&format!(
+            "{what}: image {}: {error}; retry {} in {}s",
+            job.image,
+            backoff.restarts,
+            delay.as_secs()
+        ));
+        // Whatever waits on it (its wave) gives up; the retries go on.
+        state.send_if_modified(|s| {
+            let never = *s == State::Starting;
+            if never {
+                *s = State::Failed;
+            }
+            never
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
 /// Creates the container (replacing a leftover of the same name).
 async fn create(job: &Job, client: &Client) -> Result<Signal, String> {
     let info = client
@@ -527,6 +645,11 @@ async fn supervise(
     let Some(mut client) = reconnect(&job, &mut stop).await else {
         return;
     };
+    let mut job = job;
+    match obtain_image(&what, &job, &client, &state, &mut stop).await {
+        Some(name) => job.image = name,
+        None => return,
+    }
     let stop_signal = match create(&job, &client).await {
         Ok(s) => s,
         Err(e) => {
@@ -634,4 +757,28 @@ async fn stop_task(what: &str, job: &Job, client: &Client, signal: Signal) {
         Err(e) => kmsg::console(&format!("{what}: stop: {e}")),
     }
     let _ = client.delete_task(&job.name).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_workload_images_resolve_to_archive_or_registry() {
+        let regs = Arc::new(BTreeMap::from([(
+            "10.0.2.100:5000".to_owned(),
+            Registry {
+                insecure: true,
+                ..Registry::default()
+            },
+        )]));
+        match workload_source("oci-archive:/var/lib/x.oci.tar", &regs) {
+            Err(ImageSource::Archive(p)) => assert_eq!(p, Path::new("/var/lib/x.oci.tar")),
+            other => panic!("{other:?}"),
+        }
+        match workload_source("10.0.2.100:5000/app:1", &regs) {
+            Err(ImageSource::Registry(r)) => assert!(r["10.0.2.100:5000"].insecure),
+            other => panic!("{other:?}"),
+        }
+    }
 }
