@@ -5,6 +5,7 @@
 //! seam); `pid1` sequences them. Data flows one way: cmdline + config layers → effective config →
 //! the kernel (modules, sysctl, hostname).
 
+pub mod api_host;
 pub mod cmdline;
 pub mod config_sources;
 pub mod kmsg;

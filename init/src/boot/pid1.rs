@@ -12,13 +12,16 @@
 //! `ros: config error: …`, `ros: recovery shell: …`. It never returns, never exits and never
 //! unwraps: PID 1 dying is a kernel panic.
 
+use super::api_host::{self, ApiHost};
 use super::cmdline::{self, Cmdline};
 use super::mounts::{self, MountError};
 use super::switch_root::{self, SwitchRootError};
 use super::sys::LinuxSys;
 use super::{config_sources, kmsg, modules, sysimage};
 use crate::cgroups;
-use crate::config::Config;
+use crate::config::generations::Store;
+use crate::config::schema::NetworkWait;
+use crate::config::{Config, LayerInput};
 use crate::net::{self, NetService};
 use crate::power::{self, PowerAction};
 use crate::runtime::daemon::Instance;
@@ -32,8 +35,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A fault that stops boot; the recovery shell shows it.
@@ -114,7 +118,7 @@ fn run() -> Result<Infallible, BootError> {
     let mut shells = Shells::new(&cmdline.debug_shells);
     shells.respawn_due(&reaper);
     phase("modules", load_boot_modules);
-    let config = phase("config", || load_config(&cmdline));
+    let (config, inputs, store) = phase("config", || load_config(&cmdline));
     phase("kernel", || apply_kernel(&config));
     let network = phase("network", || start_network(&config));
     let mut runtime = phase("runtime", || start_runtime(&config, &reaper));
@@ -122,13 +126,27 @@ fn run() -> Result<Infallible, BootError> {
     if let Some(rt) = runtime.as_mut() {
         rt.fleet.start_workloads(&config);
     }
-    serve(
-        &signals,
-        &reaper,
-        &mut shells,
-        network.as_ref(),
-        runtime.as_mut(),
-    )
+    let api = store.and_then(|s| api_host::start(s, &inputs, &config));
+    let mut served = Served {
+        network,
+        runtime,
+        api,
+        wait: (
+            config.network.wait,
+            Duration::from_secs(config.network.wait_timeout_s),
+        ),
+    };
+    serve(&signals, &reaper, &mut shells, &mut served)
+}
+
+/// What the serve loop looks after besides shells and signals (all absent in recovery).
+#[derive(Default)]
+struct Served {
+    network: Option<Arc<NetService>>,
+    runtime: Option<Runtime>,
+    api: Option<ApiHost>,
+    /// `network.wait` and its timeout, for live network changes.
+    wait: (NetworkWait, Duration),
 }
 
 /// The cgroup layout (cgroups.rs), with PID 1 moved into its leaf `/ros/init`. A failure
@@ -211,14 +229,18 @@ fn load_boot_modules() {
     }
 }
 
-fn load_config(cmdline: &Cmdline) -> Config {
-    let loaded = config_sources::load(cmdline);
+/// The effective config, boot's inputs without the local layer (for the API), and the
+/// generation store whose boot generation is the local layer.
+fn load_config(cmdline: &Cmdline) -> (Config, Vec<LayerInput>, Option<Store>) {
+    let store = api_host::open_store();
+    let inputs = config_sources::inputs(cmdline);
+    let loaded = crate::config::load(api_host::with_local(&inputs, store.as_ref()));
     for e in &loaded.errors {
         kmsg::console(&format!("config error: {e}"));
         log::warn!("config layer {} skipped", e.source_name());
     }
     log::info!("config layers: {}", loaded.used.join(", "));
-    loaded.config
+    (loaded.config, inputs, store)
 }
 
 fn apply_kernel(config: &Config) {
@@ -252,7 +274,7 @@ fn apply_kernel(config: &Config) {
 /// Brings the network up (lo, then every interface in parallel) and waits as `network.wait`
 /// says, at most `network.wait_timeout_s`; a timeout is a warning, never a hang. `None` when the
 /// network could not start at all (logged); boot goes on.
-fn start_network(config: &Config) -> Option<NetService> {
+fn start_network(config: &Config) -> Option<Arc<NetService>> {
     let service = match NetService::start(net::Settings::from_config(config)) {
         Ok(s) => s,
         Err(e) => {
@@ -273,7 +295,7 @@ fn start_network(config: &Config) -> Option<NetService> {
             outcome.up.join(", ")
         ),
     }
-    Some(service)
+    Some(Arc::new(service))
 }
 
 /// PID 1's signals: all blocked, taken one by one from a signalfd in the serve loop.
@@ -296,10 +318,12 @@ impl Signals {
         Ok(Signals { fd })
     }
 
-    /// Waits up to `timeout` and returns the signals that arrived.
-    fn wait(&self, timeout: Duration) -> Vec<Signal> {
+    /// Waits up to `timeout` (or until `also` is readable) and returns the signals that
+    /// arrived.
+    fn wait(&self, timeout: Duration, also: Option<BorrowedFd<'_>>) -> Vec<Signal> {
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        fds.extend(also.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         if poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) <= 0 {
             return Vec::new();
         }
@@ -390,45 +414,51 @@ fn handle_reaped(
     }
 }
 
-/// The serve loop: reap, respawn shells, and turn power signals into an ordered shutdown.
-fn serve(
-    signals: &Signals,
-    reaper: &Reaper<Owner>,
-    shells: &mut Shells,
-    network: Option<&NetService>,
-    mut runtime: Option<&mut Runtime>,
-) -> ! {
+/// The serve loop: reap, respawn shells, answer the API, and turn power signals (or a power
+/// request) into an ordered shutdown.
+fn serve(signals: &Signals, reaper: &Reaper<Owner>, shells: &mut Shells, served: &mut Served) -> ! {
     loop {
-        for sig in signals.wait(Duration::from_millis(500)) {
-            if let Some(action) = PowerAction::from_signal(sig) {
-                let pids = shells.pids();
-                power::shutdown(
-                    action,
-                    &mut || {
-                        // Helpers (CNI DEL at shutdown) still get their exits.
-                        for r in reaper.reap() {
-                            if let Some(Owner::Waiter(id)) = r.owner {
-                                waiters::deliver(id, r.exit);
-                            }
+        let mut actions: Vec<PowerAction> = signals
+            .wait(
+                Duration::from_millis(500),
+                served.api.as_ref().map(ApiHost::fd),
+            )
+            .into_iter()
+            .filter_map(PowerAction::from_signal)
+            .collect();
+        if let Some(api) = &served.api {
+            let fleet = served.runtime.as_ref().map(|r| &r.fleet);
+            actions.extend(api.answer(fleet, served.network.as_ref(), served.wait));
+        }
+        if let Some(action) = actions.first().copied() {
+            let pids = shells.pids();
+            let network = served.network.clone();
+            power::shutdown(
+                action,
+                &mut || {
+                    // Helpers (CNI DEL at shutdown) still get their exits.
+                    for r in reaper.reap() {
+                        if let Some(Owner::Waiter(id)) = r.owner {
+                            waiters::deliver(id, r.exit);
                         }
-                    },
-                    &mut || {
-                        if let Some(rt) = runtime.as_deref_mut() {
-                            rt.fleet.shutdown();
-                            rt.daemons.stop(reaper);
-                        }
-                    },
-                    &pids,
-                    network,
-                );
-            }
+                    }
+                },
+                &mut || {
+                    if let Some(rt) = served.runtime.as_mut() {
+                        rt.fleet.shutdown();
+                        rt.daemons.stop(reaper);
+                    }
+                },
+                &pids,
+                network.as_deref(),
+            );
         }
         handle_reaped(
             reaper.reap(),
             shells,
-            runtime.as_deref_mut().map(|r| &mut r.daemons),
+            served.runtime.as_mut().map(|r| &mut r.daemons),
         );
-        if let Some(rt) = runtime.as_deref_mut() {
+        if let Some(rt) = served.runtime.as_mut() {
             rt.daemons.respawn_due(reaper);
         }
         shells.respawn_due(reaper);
@@ -470,7 +500,7 @@ fn recovery(reason: &str) -> ! {
     match Signals::block() {
         Ok(signals) => {
             shells.respawn_due(&reaper);
-            serve(&signals, &reaper, &mut shells, None, None)
+            serve(&signals, &reaper, &mut shells, &mut Served::default())
         }
         Err(e) => {
             log::error!("recovery: {e}; shell without signal handling");

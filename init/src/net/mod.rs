@@ -165,7 +165,7 @@ pub struct LinkStatus {
 }
 
 impl LinkStatus {
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         format!("network.interfaces.{} ({})", self.key, self.ifname)
     }
 }
@@ -838,6 +838,21 @@ impl Network {
             }
             // A timeout here just loops once more and reports.
             let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        }
+    }
+
+    /// Removes what the plan configured statically (addresses, then routes), once the links'
+    /// tasks are stopped (`release`): the config that replaces it starts from a clean link.
+    pub async fn remove_static(&self) {
+        for link in &self.plan.links {
+            for route in &link.routes {
+                let _ = self.shared.netlink.del_route(route.clone()).await;
+            }
+            for addr in &link.addresses {
+                if let Err(e) = self.shared.netlink.del_address(link.index, *addr).await {
+                    log::debug!("network: {}: remove {addr}: {e}", link.ifname);
+                }
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 //! Must not: be created inside another tokio runtime (`block_on` would panic), or spawn
 //! processes.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::config::schema::NetworkWait;
@@ -24,7 +24,8 @@ const WORKERS: usize = 2;
 /// The running network and the runtime it runs in.
 pub struct NetService {
     runtime: tokio::runtime::Runtime,
-    network: Network,
+    network: Mutex<Arc<Network>>,
+    host: Arc<dyn Host>,
 }
 
 impl NetService {
@@ -44,26 +45,72 @@ impl NetService {
             .enable_time()
             .build()
             .map_err(|e| NetError::Runtime(e.to_string()))?;
+        let for_start = host.clone();
         let network = runtime.block_on(async {
             let netlink = RtNetlink::connect()?;
-            Network::start(settings, netlink, host, Arc::new(UdpSockets)).await
+            Network::start(settings, netlink, for_start, Arc::new(UdpSockets)).await
         })?;
-        Ok(NetService { runtime, network })
+        Ok(NetService {
+            runtime,
+            network: Mutex::new(Arc::new(network)),
+            host,
+        })
     }
 
     /// The running network (status, events, config errors).
-    pub fn network(&self) -> &Network {
-        &self.network
+    pub fn network(&self) -> Arc<Network> {
+        self.network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Blocks until `policy` is met, cannot be met, or `timeout` passes.
     pub fn wait(&self, policy: NetworkWait, timeout: Duration) -> WaitOutcome {
-        self.runtime.block_on(self.network.wait(policy, timeout))
+        let network = self.network();
+        self.runtime.block_on(network.wait(policy, timeout))
     }
 
     /// Releases every DHCP lease, waiting at most `timeout`. True when all were released in
     /// time.
     pub fn release(&self, timeout: Duration) -> bool {
-        self.runtime.block_on(self.network.release(timeout))
+        let network = self.network();
+        self.runtime.block_on(network.release(timeout))
+    }
+
+    /// Applies a changed network config live (the admin API): every link is brought down
+    /// from the old plan (leases released, static addresses and routes removed) and up from
+    /// the new one, then waited for as `wait` says. Blocks; never call it from PID 1's serve
+    /// loop or inside a tokio runtime. Returns one line per link of the new network.
+    pub fn reconfigure(
+        &self,
+        settings: Settings,
+        wait: NetworkWait,
+        timeout: Duration,
+    ) -> Result<Vec<String>, NetError> {
+        let old = self.network();
+        let host = self.host.clone();
+        let network = self.runtime.block_on(async move {
+            old.release(Duration::from_secs(2)).await;
+            old.remove_static().await;
+            let netlink = RtNetlink::connect()?;
+            Network::start(settings, netlink, host, Arc::new(UdpSockets)).await
+        })?;
+        let network = Arc::new(network);
+        *self.network.lock().unwrap_or_else(|p| p.into_inner()) = network.clone();
+        let outcome = self.runtime.block_on(network.wait(wait, timeout));
+        let mut lines: Vec<String> = network
+            .config_errors()
+            .iter()
+            .map(|e| format!("network: config error: {e}"))
+            .collect();
+        lines.extend(outcome.up.iter().map(|l| format!("network: {l} up")));
+        lines.extend(
+            outcome
+                .not_up
+                .iter()
+                .map(|l| format!("network: {l} not up")),
+        );
+        Ok(lines)
     }
 }

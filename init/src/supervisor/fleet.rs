@@ -62,6 +62,8 @@ fn kind_name(kind: Kind) -> &'static str {
     }
 }
 
+mod live;
+
 /// Where one container stands, as its supervisor reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -81,6 +83,8 @@ enum State {
 struct Unit {
     name: String,
     kind: Kind,
+    /// What it runs, to start it again (`ros service start`) and to list it.
+    job: Job,
     stop_timeout: Duration,
     stop_tx: watch::Sender<bool>,
     state_rx: watch::Receiver<State>,
@@ -89,6 +93,7 @@ struct Unit {
 }
 
 /// What a supervisor needs to run one container.
+#[derive(Clone)]
 struct Job {
     name: String,
     kind: Kind,
@@ -130,7 +135,9 @@ fn workload_source(
 /// The containers of the node and the runtime their clients run in.
 pub struct Fleet {
     rt: tokio::runtime::Runtime,
-    services: Vec<Unit>,
+    services: Arc<Mutex<Vec<Unit>>>,
+    /// Services stopped through the API (`ros service stop`), to start again.
+    stopped: Arc<Mutex<BTreeMap<String, Job>>>,
     service_waves: Vec<Vec<String>>,
     workloads: Arc<Mutex<Vec<Unit>>>,
     workload_starter: Option<JoinHandle<()>>,
@@ -145,7 +152,8 @@ impl Fleet {
             .build()?;
         Ok(Fleet {
             rt,
-            services: Vec::new(),
+            services: Arc::new(Mutex::new(Vec::new())),
+            stopped: Arc::new(Mutex::new(BTreeMap::new())),
             service_waves: Vec::new(),
             workloads: Arc::new(Mutex::new(Vec::new())),
             workload_starter: None,
@@ -238,22 +246,12 @@ impl Fleet {
                     failed.insert(name.clone());
                     continue;
                 }
-                let image = bundled::lookup(Path::new(sysimage::ARCHIVES), &c.image)
-                    .map(|b| b.name)
-                    .unwrap_or_else(|| bundled::normalize(&c.image));
-                let job = Job {
-                    name: name.clone(),
-                    kind: Kind::Service,
-                    container: (*c).clone(),
-                    socket: instance.socket.clone(),
-                    namespace: instance.namespace(),
-                    image,
-                    source: ImageSource::Present,
-                    cgroups_path: format!("/ros/system/{name}"),
-                };
+                let job = service_job(&instance, name, c);
                 let unit = spawn_unit(self.rt.handle(), job);
                 started.push((name.clone(), c.oneshot, unit.state_rx.clone()));
-                self.services.push(unit);
+                if let Ok(mut s) = self.services.lock() {
+                    s.push(unit);
+                }
             }
             for (name, oneshot, rx) in started {
                 if !self.rt.block_on(settled(&name, rx, oneshot)) {
@@ -327,27 +325,9 @@ impl Fleet {
                         continue;
                     }
                     admitted += 1;
-                    let (image, source) = match workload_source(&c.image, &registries) {
-                        Ok(b) => {
-                            if imported.insert(b.archive.clone()) {
-                                import_one(&client, &b).await;
-                            }
-                            (b.name, ImageSource::Present)
-                        }
-                        Err(source) => (c.image.clone(), source),
-                    };
-                    let job = Job {
-                        name: name.clone(),
-                        kind: Kind::Workload,
-                        container: c.clone(),
-                        socket: instance.socket.clone(),
-                        namespace: instance.namespace(),
-                        image,
-                        source,
-                        // Relative to the user containerd's cgroup namespace, rooted at the fence
-                        // (`fence_ns`): `/ros/user/user/<name>` on the host, beside `ctr run`'s.
-                        cgroups_path: format!("/{}/{name}", instance.namespace()),
-                    };
+                    let job =
+                        workload_job(&instance, &client, &name, c, &registries, &mut imported)
+                            .await;
                     let unit = spawn_unit(&handle, job);
                     started.push((name.clone(), c.oneshot, unit.state_rx.clone()));
                     if let Ok(mut u) = units.lock() {
@@ -375,7 +355,11 @@ impl Fleet {
             .map(|mut w| std::mem::take(&mut *w))
             .unwrap_or_default();
         self.rt.block_on(stop_units(workloads));
-        let mut services = std::mem::take(&mut self.services);
+        let mut services: Vec<Unit> = self
+            .services
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
         for wave in self.service_waves.iter().rev() {
             let (now, rest): (Vec<Unit>, Vec<Unit>) =
                 services.into_iter().partition(|u| wave.contains(&u.name));
@@ -383,6 +367,56 @@ impl Fleet {
             self.rt.block_on(stop_units(now));
         }
         self.rt.block_on(stop_units(services));
+    }
+}
+
+/// The job of service `name`: a bundled image (imported at boot) or one already present.
+fn service_job(instance: &Instance, name: &str, c: &Container) -> Job {
+    let image = bundled::lookup(Path::new(sysimage::ARCHIVES), &c.image)
+        .map(|b| b.name)
+        .unwrap_or_else(|| bundled::normalize(&c.image));
+    Job {
+        name: name.to_string(),
+        kind: Kind::Service,
+        container: c.clone(),
+        socket: instance.socket.clone(),
+        namespace: instance.namespace(),
+        image,
+        source: ImageSource::Present,
+        cgroups_path: format!("/ros/system/{name}"),
+    }
+}
+
+/// The job of workload `name`, importing a bundled image it names into the user namespace
+/// (once per archive in `imported`); archives and registry images are the supervisor's.
+async fn workload_job(
+    instance: &Instance,
+    client: &Client,
+    name: &str,
+    c: &Container,
+    registries: &Arc<BTreeMap<String, Registry>>,
+    imported: &mut BTreeSet<PathBuf>,
+) -> Job {
+    let (image, source) = match workload_source(&c.image, registries) {
+        Ok(b) => {
+            if imported.insert(b.archive.clone()) {
+                import_one(client, &b).await;
+            }
+            (b.name, ImageSource::Present)
+        }
+        Err(source) => (c.image.clone(), source),
+    };
+    Job {
+        name: name.to_string(),
+        kind: Kind::Workload,
+        container: c.clone(),
+        socket: instance.socket.clone(),
+        namespace: instance.namespace(),
+        image,
+        source,
+        // Relative to the user containerd's cgroup namespace, rooted at the fence
+        // (`fence_ns`): `/ros/user/user/<name>` on the host, beside `ctr run`'s.
+        cgroups_path: format!("/{}/{name}", instance.namespace()),
     }
 }
 
@@ -462,10 +496,11 @@ fn spawn_unit(rt: &tokio::runtime::Handle, job: Job) -> Unit {
     let name = job.name.clone();
     let kind = job.kind;
     let stop_timeout = Duration::from_secs(job.container.stop_timeout_s);
-    let join = rt.spawn(supervise(job, state_tx, stop_rx, restarts.clone()));
+    let join = rt.spawn(supervise(job.clone(), state_tx, stop_rx, restarts.clone()));
     Unit {
         name,
         kind,
+        job,
         stop_timeout,
         stop_tx,
         state_rx,
