@@ -130,6 +130,17 @@ fn the_cli_changes_the_live_node_safely() {
     vm.succeed("ros config rollback").unwrap();
     assert_eq!(vm.succeed("hostname").unwrap(), "api-node\n");
 
+    assert_eq!(
+        vm.succeed("ros config get hostname").unwrap().trim(),
+        "api-node"
+    );
+    // A confirmed trial stays.
+    vm.succeed("ros config set --try 60s hostname tried && ros config confirm")
+        .unwrap();
+    vm.succeed("sleep 1").unwrap();
+    assert_eq!(vm.succeed("hostname").unwrap(), "tried\n");
+    vm.succeed("ros config set hostname api-node").unwrap();
+
     // A workload added starts; removed, it stops; nothing else restarts.
     let out = vm
         .succeed(
