@@ -78,6 +78,9 @@ pub const MODULES: &[&str] = &[
     "xt_tcpudp",
 ];
 
+/// PID 1's CNI state directory (see [`Paths::system`]).
+pub const STATE_DIR: &str = "/run/ros/cni";
+
 /// How long one plugin may run.
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -221,17 +224,25 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// PID 1's: the system image's plugins and iptables, state on `/run` (tmpfs: leases and
-    /// namespaces cannot outlive a boot).
+    /// PID 1's: the plugins and iptables of the system image where it is mounted
+    /// (`boot::sysimage::MOUNT_POINT`: `/usr/lib/cni` of the image, not of the root), state on
+    /// `/run` (tmpfs: leases and namespaces cannot outlive a boot). `PATH` puts the image's
+    /// `sbin` first, so the plugins' own `iptables`/`ip6tables` runs find the same binary.
     pub fn system() -> Paths {
+        let image = Path::new(crate::boot::sysimage::MOUNT_POINT);
+        let sbin = image.join("usr/sbin");
         Paths {
-            plugins: "/usr/lib/cni".into(),
-            state: "/run/ros/cni".into(),
+            plugins: image.join("usr/lib/cni"),
+            state: STATE_DIR.into(),
             netns: netns::NETNS_DIR.into(),
-            iptables: "/usr/sbin/iptables".into(),
-            iptables_restore: "/usr/sbin/iptables-restore".into(),
-            iptables_save: "/usr/sbin/iptables-save".into(),
-            path_env: "/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            iptables: sbin.join("iptables"),
+            iptables_restore: sbin.join("iptables-restore"),
+            iptables_save: sbin.join("iptables-save"),
+            path_env: format!(
+                "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                sbin.display(),
+                image.join("usr/bin").display()
+            ),
         }
     }
 
@@ -604,6 +615,12 @@ impl Cni {
         }
     }
 
+    /// The address of an attached workload on `eth0`, from the result cache; `None` when it
+    /// is not attached (or the cache does not parse). Does not wait for a running operation.
+    pub fn address_of(&self, workload: &str) -> Option<IpNet> {
+        cached_address(&self.cache_path(workload))
+    }
+
     /// CHECK: the workload's interfaces, address, routes, lease and rules are as ADD left them.
     pub fn check(&self, workload: &str) -> Result<(), CniError> {
         let _one = self.serial();
@@ -810,6 +827,27 @@ impl Cni {
             })
             .collect()
     }
+}
+
+/// The `eth0` address in one result cache entry.
+fn cached_address(path: &Path) -> Option<IpNet> {
+    let cached: Cached = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    let result: CniResult = serde_json::from_value(cached.result).ok()?;
+    let sandbox = cached.netns.display().to_string();
+    result
+        .address_in(&sandbox, IFNAME)
+        .or_else(|| result.ips.first())
+        .map(|ip| ip.address)
+}
+
+/// The address PID 1's driver gave workload `name` (its result cache under [`STATE_DIR`]),
+/// for `ros ps` and the like; `None` when it is not attached. Cheap (one small file on
+/// tmpfs), callable from any thread.
+pub fn address_of(name: &str) -> Option<IpNet> {
+    if netns::path(Path::new(netns::NETNS_DIR), name).is_err() {
+        return None;
+    }
+    cached_address(&Paths::system().results().join(format!("{name}.json")))
 }
 
 /// host-local's leases in `dir` (`<dataDir>/<network>`): one file per address, named by it,
