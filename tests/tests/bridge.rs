@@ -252,9 +252,13 @@ fn bridge_workloads_publish_ports_reach_each_other_are_fenced_and_leave_nothing_
             Duration::from_secs(30),
         )
         .unwrap();
+    let localnet = vm
+        .succeed("cat /proc/sys/net/ipv4/conf/ros0/route_localnet")
+        .unwrap();
     eprintln!(
-        "[bridge] guest 127.0.0.1:8080 -> status {status}: {}",
-        lo.trim()
+        "[bridge] guest 127.0.0.1:8080 -> status {status}: {} (ros0 route_localnet = {})",
+        lo.trim(),
+        localnet.trim()
     );
     assert!(
         status == 0 && lo.contains("hello-from-web"),
