@@ -718,8 +718,10 @@ async fn supervise(
                 .ok()
         });
         let started = Instant::now();
-        let attached = attach(&what, &job).await;
-        let start = match attached {
+        let network = attach(&what, &job).await;
+        // A failed attach undid itself: nothing to detach then.
+        let attached = network.is_ok();
+        let start = match network {
             Ok(()) => client
                 .start_task(&job.name, logs.as_ref())
                 .await
@@ -766,7 +768,9 @@ async fn supervise(
         let _ = client.delete_task(&job.name).await;
         // Released before the restart decision: the address and the published ports belong to
         // the task that ended (a restart attaches afresh).
-        detach(&what, &job).await;
+        if attached {
+            detach(&what, &job).await;
+        }
         if let Some(l) = logs {
             tokio::spawn(l.finished());
         }
