@@ -322,7 +322,7 @@ impl Fleet {
         let units = self.workloads.clone();
         let handle = self.rt.handle().clone();
         let bridge = self.bridge.clone();
-        let bridged = |c: &Container| c.net_mode(Kind::Workload) == NetMode::Bridge;
+        let bridged = |c: &Container| job_bridge(bridge.as_ref(), Kind::Workload, c).is_some();
         if let Some(b) = bridge.as_ref().filter(|_| enabled.values().any(bridged)) {
             // Modules, rules and the boot cleanup overlap containerd's start and the imports.
             let b = b.clone();
@@ -388,7 +388,7 @@ impl Fleet {
                         // Relative to the user containerd's cgroup namespace, rooted at the fence
                         // (`fence_ns`): `/ros/user/user/<name>` on the host, beside `ctr run`'s.
                         cgroups_path: format!("/{}/{name}", instance.namespace()),
-                        bridge: bridge.clone().filter(|_| bridged(c)),
+                        bridge: job_bridge(bridge.as_ref(), Kind::Workload, c),
                     };
                     let unit = spawn_unit(&handle, job);
                     started.push((name.clone(), c.oneshot, unit.state_rx.clone()));
@@ -428,6 +428,14 @@ impl Fleet {
         }
         self.rt.block_on(stop_units(services));
     }
+}
+
+/// The network driver a container's `Job` carries: the fleet's, for a `net = "bridge"` one.
+/// (Whatever builds a workload's `Job` — the boot's start, a live start — sets it this way.)
+fn job_bridge(bridge: Option<&BridgeNet>, kind: Kind, c: &Container) -> Option<BridgeNet> {
+    bridge
+        .filter(|_| c.net_mode(kind) == NetMode::Bridge)
+        .cloned()
 }
 
 /// Imports one bundled archive and logs what happened.
@@ -862,6 +870,24 @@ async fn stop_task(what: &str, job: &Job, client: &Client, signal: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_only_bridge_workloads_carry_the_network_driver() {
+        let b = BridgeNet::with_starter(
+            Box::new(|| Err(crate::net::cni::CniError::Module("none".into()))),
+            Path::new("/run/ros/resolv"),
+            Path::new("/run/ros/netns"),
+        );
+        let default = Container::default();
+        let none = Container {
+            net: Some(NetMode::None),
+            ..Container::default()
+        };
+        assert!(job_bridge(Some(&b), Kind::Workload, &default).is_some());
+        assert!(job_bridge(Some(&b), Kind::Workload, &none).is_none());
+        assert!(job_bridge(Some(&b), Kind::Service, &default).is_none());
+        assert!(job_bridge(None, Kind::Workload, &default).is_none());
+    }
 
     #[test]
     fn test_workload_images_resolve_to_archive_or_registry() {
