@@ -4,8 +4,9 @@
 //! A (then a reboot of the same VM): a web workload publishing `8080:80/tcp` answers on the
 //! guest's port 8080 and on the QEMU host through a `hostfwd` to it; a client workload reaches
 //! it by address; workloads cannot reach a listener on the host unless `host_ports` lists its
-//! port; a `kill -9` of the web workload restarts it with a fresh attachment and no leaked lease
-//! or rule; after `reboot` the store and the nat table hold exactly the running workloads.
+//! port; a `kill -9` of the web workload restarts it with a fresh attachment at the same address
+//! and no leaked lease or rule; after `reboot` the store and the nat table hold exactly the
+//! running workloads.
 //!
 //! B: with `[network.workloads] isolate = true` two workloads cannot reach each other, while
 //! the published port still answers from the QEMU host.
@@ -340,7 +341,7 @@ fn bridge_workloads_publish_ports_reach_each_other_are_fenced_and_leave_nothing_
     );
     let web2 = address_in(&mut vm, "web");
     eprintln!("[bridge] web's address before the crash {web}, after {web2}");
-    assert!(in_subnet(web2));
+    assert_eq!(web2, web, "a restarted workload gets its address back");
     let mut both = vec![web2, client];
     both.sort();
     assert_eq!(

@@ -9,7 +9,8 @@
 //! ADD, writes the container's resolv.conf under [`RESOLV_DIR`]) and [`BridgeNet::detach`]
 //! after it ended (DEL, the resolv.conf goes). The paths the OCI spec joins are fixed per
 //! container ([`BridgeNet::paths`]), so a restart's new task finds its new attachment at the
-//! same place.
+//! same place, and the address a workload had is asked for again (`Cni::attach_at`; a new one
+//! when it is taken), so a restarted workload keeps its address.
 //!
 //! Must not: run on PID 1's reaping thread (every plugin runs through the reaper and waits for
 //! the serve loop to deliver its exit; the driver calls run on `spawn_blocking` threads, and a
@@ -17,11 +18,13 @@
 //! does), or decide when a workload runs (the supervisor does).
 //!
 //! Limitations: the workloads' resolvers are the host's as `/etc/resolv.conf` held when the
-//! driver started (a DHCP change later is not followed); `[network.workloads]` is read once.
+//! driver started (a DHCP change later is not followed); `[network.workloads]` is read once;
+//! the remembered addresses live in memory (a reboot hands out addresses afresh).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::boot::kmsg;
@@ -76,6 +79,8 @@ struct Inner {
     resolv_dir: PathBuf,
     netns_dir: PathBuf,
     driver: tokio::sync::Mutex<Option<Arc<Cni>>>,
+    /// The address each workload had at its last attach.
+    last: Mutex<BTreeMap<String, IpAddr>>,
 }
 
 /// The handle: clone it into every bridge workload's supervisor.
@@ -109,6 +114,7 @@ impl BridgeNet {
                 resolv_dir: resolv_dir.to_owned(),
                 netns_dir: netns_dir.to_owned(),
                 driver: tokio::sync::Mutex::new(None),
+                last: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -181,13 +187,25 @@ impl BridgeNet {
         }
         let cni = self.driver().await?;
         let workload = name.to_string();
-        let attached = tokio::task::spawn_blocking(move || cni.attach(&workload, &mappings))
+        let want = self.last_address(name);
+        let attached = tokio::task::spawn_blocking(move || {
+            match cni.attach_at(&workload, &mappings, want) {
+                Err(e) if want.is_some() => {
+                    log::info!("workloads.{workload}: previous address not available ({e}); taking a new one");
+                    cni.attach(&workload, &mappings)
+                }
+                other => other,
+            }
+        })
             .await
             .map_err(|e| BridgeError::Thread {
                 workload: name.to_string(),
                 step: "attach",
                 reason: e.to_string(),
             })??;
+        if let Ok(mut last) = self.inner.last.lock() {
+            last.insert(name.to_string(), attached.address.addr());
+        }
         let path = self.resolv_path(name);
         if let Err(source) = write_resolv(&path, &attached.dns.resolv_conf()) {
             // The attachment is useless without it: undo.
@@ -199,6 +217,15 @@ impl BridgeNet {
             });
         }
         Ok(attached)
+    }
+
+    /// The address workload `name` had at its last attach (asked for again at the next).
+    pub fn last_address(&self, name: &str) -> Option<IpAddr> {
+        self.inner
+            .last
+            .lock()
+            .ok()
+            .and_then(|l| l.get(name).copied())
     }
 
     /// Detaches workload `name` (DEL with the cached result) and removes its resolv.conf.

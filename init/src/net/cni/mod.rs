@@ -416,7 +416,7 @@ impl Cni {
         move |source| CniError::Netns { workload, source }
     }
 
-    /// Runs one plugin of `list`; returns its parsed result for ADD.
+    /// Runs one plugin of `list` with `CNI_ARGS` = `args`; returns its parsed result for ADD.
     #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,
@@ -428,6 +428,7 @@ impl Cni {
         plugin: &Value,
         prev: Option<&Value>,
         runtime: &Map<String, Value>,
+        args: &str,
     ) -> Result<Option<RawResult>, CniError> {
         let kind = conflist::plugin_type(plugin);
         let stdin = conflist::plugin_stdin(list, plugin, prev, runtime);
@@ -439,7 +440,7 @@ impl Cni {
                 netns.map(|p| p.display().to_string()).unwrap_or_default(),
             ),
             ("CNI_IFNAME".to_string(), ifname.to_string()),
-            ("CNI_ARGS".to_string(), String::new()),
+            ("CNI_ARGS".to_string(), args.to_string()),
             (
                 "CNI_PATH".to_string(),
                 self.paths.plugins.display().to_string(),
@@ -495,7 +496,7 @@ impl Cni {
         rt
     }
 
-    /// ADD across a conflist; the final result.
+    /// ADD across a conflist with `CNI_ARGS` = `args`; the final result.
     fn add_list(
         &self,
         workload: &str,
@@ -503,6 +504,7 @@ impl Cni {
         ifname: &str,
         list: &Value,
         ports: &[PortMapping],
+        args: &str,
     ) -> Result<Option<RawResult>, CniError> {
         let runtime = Self::runtime_config(ports);
         let mut prev: Option<RawResult> = None;
@@ -516,6 +518,7 @@ impl Cni {
                 &plugin,
                 prev.as_ref().map(|r| &r.raw),
                 &runtime,
+                args,
             )?;
             if got.is_some() {
                 prev = got;
@@ -528,6 +531,22 @@ impl Cni {
     /// Leftovers of an earlier run of the same workload (a crash, a lost DEL) are detached
     /// first. On failure everything done is undone and the error returned.
     pub fn attach(&self, workload: &str, ports: &[PortMapping]) -> Result<Attached, CniError> {
+        self.attach_at(workload, ports, None)
+    }
+
+    /// [`Cni::attach`], asking host-local for `address` when given (`CNI_ARGS`
+    /// `IgnoreUnknown=1;IP=<address>` on the `ros0` chain, so the other plugins ignore it): a
+    /// restarted workload gets its address back. When the address is not free, host-local's
+    /// error is returned (and everything undone); the caller may attach again without it.
+    pub fn attach_at(
+        &self,
+        workload: &str,
+        ports: &[PortMapping],
+        address: Option<IpAddr>,
+    ) -> Result<Attached, CniError> {
+        let args = address
+            .map(|a| format!("IgnoreUnknown=1;IP={a}"))
+            .unwrap_or_default();
         let _one = self.serial();
         let ns_path =
             netns::path(&self.paths.netns, workload).map_err(Self::netns_err(workload))?;
@@ -538,7 +557,7 @@ impl Cni {
             }
         }
         let ns = netns::create(&self.paths.netns, workload).map_err(Self::netns_err(workload))?;
-        match self.add_all(workload, &ns, ports) {
+        match self.add_all(workload, &ns, ports, &args) {
             Ok(a) => Ok(a),
             Err(e) => {
                 // The spec: a failed ADD is followed by a DEL of everything.
@@ -557,10 +576,11 @@ impl Cni {
         workload: &str,
         ns: &Path,
         ports: &[PortMapping],
+        args: &str,
     ) -> Result<Attached, CniError> {
-        self.add_list(workload, ns, "lo", &conflist::loopback(), &[])?;
+        self.add_list(workload, ns, "lo", &conflist::loopback(), &[], "")?;
         let raw = self
-            .add_list(workload, ns, IFNAME, &self.conflist(), ports)?
+            .add_list(workload, ns, IFNAME, &self.conflist(), ports, args)?
             .ok_or_else(|| CniError::NoAddress {
                 workload: workload.to_string(),
             })?;
@@ -641,6 +661,7 @@ impl Cni {
                 &plugin,
                 None,
                 &Map::new(),
+                "",
             )?;
         }
         let list = self.conflist();
@@ -654,6 +675,7 @@ impl Cni {
                 &plugin,
                 Some(&cached.result),
                 &runtime,
+                "",
             );
             match checked {
                 Err(CniError::Plugin {
@@ -723,6 +745,7 @@ impl Cni {
                 plugin,
                 prev,
                 &runtime,
+                "",
             ) {
                 first.get_or_insert(e);
             }
@@ -739,6 +762,7 @@ impl Cni {
                     &plugin,
                     None,
                     &Map::new(),
+                    "",
                 ) {
                     first.get_or_insert(e);
                 }
