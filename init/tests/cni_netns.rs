@@ -667,6 +667,41 @@ fn boot_cleanup_removes_stale_leases_rules_and_namespaces() {
 }
 
 #[test]
+fn a_reattached_workload_gets_the_address_it_asks_for_unless_it_is_taken() {
+    if !is_root() {
+        return;
+    }
+    let host = Host::new(WorkloadNetwork::default(), &[]);
+    host.with(|c| c.apply_firewall())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a = host.attach("a", &[tcp(8084, 80)]);
+    let b = host.attach("b", &[]);
+    host.with(|c| c.detach("a"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // host-local is round-robin: a plain attach would take the address after b's.
+    let again = host
+        .with(|c| c.attach_at("a", &[tcp(8084, 80)], Some(a.address.addr())))
+        .unwrap_or_else(|e| panic!("attach_at a: {e}"));
+    assert_eq!(again.address, a.address);
+    // b's address is taken: host-local's error, and nothing of c is left behind.
+    let err = host.with(|c| c.attach_at("c", &[], Some(b.address.addr())));
+    match &err {
+        Err(CniError::Plugin { workload, .. }) => assert_eq!(workload, "c"),
+        other => panic!("expected a plugin error, got {other:?}"),
+    }
+    eprintln!("{}", err.err().map(|e| e.to_string()).unwrap_or_default());
+    assert!(!host.ns_of("c").exists());
+    assert_eq!(
+        host.leases(),
+        [("a".to_string(), v4(&a)), ("b".to_string(), v4(&b))]
+            .into_iter()
+            .collect()
+    );
+    host.with(|c| c.check("a"))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
 fn an_exhausted_subnet_fails_add_with_the_plugin_error_and_leaves_nothing() {
     if !is_root() {
         return;

@@ -44,4 +44,30 @@ fn reaper_hands_exits_to_owners_and_collects_orphans() {
     drop(stray);
     let got = reap_until(&r, pid, &mut seen);
     assert_eq!((got.exit, got.owner), (Exit::Code(0), None));
+
+    // reap_where takes only the owners it is asked for; the others wait for reap().
+    let helper = r
+        .spawn(Command::new("sh").args(["-c", "exit 3"]), "helper")
+        .unwrap();
+    let other = r
+        .spawn(Command::new("sh").args(["-c", "exit 4"]), "daemon")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got = r.reap_where(|o| *o == "helper");
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "helper {helper} never reaped");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].pid, got[0].exit, got[0].owner),
+        (helper, Exit::Code(3), Some("helper"))
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(r.reap_where(|o| *o == "helper").is_empty());
+    let got = reap_until(&r, other, &mut seen);
+    assert_eq!((got.exit, got.owner), (Exit::Code(4), Some("daemon")));
 }

@@ -114,6 +114,7 @@ async fn create(
         image: &image.config,
         // hostctr removes the empty /<namespace> cgroups runc leaves behind.
         cgroups_path: format!("/{NS}/{id}"),
+        bridge: None,
     })
     .unwrap();
     client

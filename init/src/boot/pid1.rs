@@ -22,9 +22,11 @@ use crate::cgroups;
 use crate::config::generations::Store;
 use crate::config::schema::NetworkWait;
 use crate::config::{Config, LayerInput};
+use crate::net::cni::{netns, ReaperRunner};
 use crate::net::{self, NetService};
 use crate::power::{self, PowerAction};
 use crate::runtime::daemon::Instance;
+use crate::supervisor::bridge_net::BridgeNet;
 use crate::supervisor::daemons::Daemons;
 use crate::supervisor::fleet::{self, Fleet};
 use crate::supervisor::reaper::{Reaped, Reaper};
@@ -102,7 +104,8 @@ fn run() -> Result<Infallible, BootError> {
 
     // Stage 2, in the tmpfs root.
     let signals = Signals::block()?;
-    let reaper: Reaper<Owner> = Reaper::default();
+    // Shared with the CNI driver's runner (workload networking), which spawns through it.
+    let reaper: Arc<Reaper<Owner>> = Arc::new(Reaper::default());
     // This thread reaps (in `serve`): helpers spawned for waiters must run elsewhere.
     waiters::mark_reaping_thread();
     phase("mounts", || {
@@ -168,11 +171,14 @@ struct Runtime {
 }
 
 /// The `runtime` phase: mounts the system image, applies the fence's limits, starts both
-/// containerds, imports the bundled images and starts the services (DESIGN.md step 8).
+/// containerds, imports the bundled images and starts the services (DESIGN.md step 8). The
+/// fleet gets workload networking (`BridgeNet`, started with the first bridge workload, after
+/// `ready`); the workloads' namespace directory is made a shared mount first, so the user
+/// containerd's mount namespace sees the namespaces mounted there later.
 /// Nothing here is fatal: a node whose containers cannot run still boots, with the error in
 /// the log, so the admin can reach it (the debug shell, later the API) and fix the config;
 /// `None` when containerd cannot run at all.
-fn start_runtime(config: &Config, reaper: &Reaper<Owner>) -> Option<Runtime> {
+fn start_runtime(config: &Config, reaper: &Arc<Reaper<Owner>>) -> Option<Runtime> {
     match sysimage::mount() {
         Ok(dev) => log::info!(
             "system image on {} mounted at {}",
@@ -201,6 +207,14 @@ fn start_runtime(config: &Config, reaper: &Reaper<Owner>) -> Option<Runtime> {
             return None;
         }
     };
+    if let Err(e) = netns::share_dir(Path::new(netns::NETNS_DIR)) {
+        log::error!("workload networking: {e}; bridge workloads cannot start");
+    } else {
+        fleet.set_bridge(BridgeNet::new(
+            config.network.workloads.clone(),
+            Arc::new(ReaperRunner::new(reaper.clone())),
+        ));
+    }
     let mut daemons = Daemons::default();
     for instance in [Instance::system(), Instance::user()] {
         daemons.add(reaper, instance);
@@ -445,7 +459,16 @@ fn serve(signals: &Signals, reaper: &Reaper<Owner>, shells: &mut Shells, served:
                 },
                 &mut || {
                     if let Some(rt) = served.runtime.as_mut() {
-                        rt.fleet.shutdown();
+                        // Workloads detach their networks as they stop: their plugins'
+                        // exits are delivered meanwhile (only those: containerd's and
+                        // the shells' wait for their owners).
+                        rt.fleet.shutdown(&mut || {
+                            for r in reaper.reap_where(|o| matches!(o, Owner::Waiter(_))) {
+                                if let Some(Owner::Waiter(id)) = r.owner {
+                                    waiters::deliver(id, r.exit);
+                                }
+                            }
+                        });
                         rt.daemons.stop(reaper);
                     }
                 },

@@ -7,7 +7,8 @@
 //! binaries is absolute (`/lib64/ld-linux-x86-64.so.2`) and there is no ld.so.cache, so the root
 //! gets `/lib64 → usr/lib/ros/system/usr/lib64` and `/usr/lib/x86_64-linux-gnu →
 //! ros/system/usr/lib/x86_64-linux-gnu` (neither exists in the initramfs), plus `/usr/bin` links
-//! for `containerd`, `containerd-shim-runc-v2`, `ctr` and `runc`. An existing path is left alone.
+//! for `containerd`, `containerd-shim-runc-v2`, `ctr` and `runc`, and `/usr/sbin` links for `iptables`,
+//! `iptables-save` and `ip6tables`. An existing path is left alone.
 
 use super::loopdev::{self, LoopError};
 use super::modules;
@@ -41,6 +42,17 @@ const LINKS: &[(&str, &str)] = &[
     ),
     ("/usr/bin/ctr", "../lib/ros/system/usr/bin/ctr"),
     ("/usr/bin/runc", "../lib/ros/system/usr/sbin/runc"),
+    // iptables (nf_tables backend) for the admin: the rules of workload networking are read
+    // with `iptables -S`/`iptables-save` (ros itself runs the image's copy by its full path).
+    ("/usr/sbin/iptables", "../lib/ros/system/usr/sbin/iptables"),
+    (
+        "/usr/sbin/iptables-save",
+        "../lib/ros/system/usr/sbin/iptables-save",
+    ),
+    (
+        "/usr/sbin/ip6tables",
+        "../lib/ros/system/usr/sbin/ip6tables",
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

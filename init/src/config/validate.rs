@@ -1,11 +1,11 @@
 //! Semantic checks of a deserialised config, after serde accepted its shape.
 //!
 //! Owns: the rules serde cannot express (host name syntax, sysctl key and module name syntax,
-//! addresses, privileged workloads, ports outside bridge mode, port syntax, the workload subnet
-//! and host ports) — checked on every layer alone — and the rules that need the whole picture
-//! (an enabled container has an image, `depends_on` names exist, no dependency cycle, no host
-//! port published twice, registry credentials come in pairs) — checked on the merged config
-//! only. Registry hosts and mirrors must be `host[:port]`.
+//! addresses, privileged workloads, bridge networking for services, ports outside bridge mode,
+//! port syntax, the workload subnet and host ports) — checked on every layer alone — and the
+//! rules that need the whole picture (an enabled container has an image, `depends_on` names
+//! exist, no dependency cycle, no host port published twice, registry credentials come in
+//! pairs) — checked on the merged config only. Registry hosts and mirrors must be `host[:port]`.
 //! Must not: know about layers, sources or lines; it returns the key path and the reason, and the
 //! caller locates them.
 
@@ -447,6 +447,14 @@ fn check_container(
         &[section, name, "privileged"],
         || "privileged is only allowed for services, not workloads".to_string(),
     )?;
+    // The bridge is for workloads: a service starts before `ready`, while PID 1's main thread
+    // (which delivers the CNI plugins' exits) waits for it, and services and workloads would
+    // share one namespace of CNI container ids.
+    ensure(
+        !(kind == Kind::Service && c.net == Some(NetMode::Bridge)),
+        &[section, name, "net"],
+        || "net = \"bridge\" is for workloads; a service uses \"host\" or \"none\"".to_string(),
+    )?;
     ensure(
         c.ports.is_empty() || c.net_mode(kind) == NetMode::Bridge,
         &[section, name, "ports"],
@@ -729,7 +737,24 @@ mod tests {
                 },
             );
         });
-        assert_eq!(p, None);
+        assert_eq!(
+            p,
+            Some(
+                "services.s.net: net = \"bridge\" is for workloads; a service uses \"host\" or \"none\""
+                    .into()
+            )
+        );
+        let p = problem(|c| {
+            c.workloads.insert(
+                "w".into(),
+                Container {
+                    image: "i".into(),
+                    ports: vec!["80:80".into()],
+                    ..Container::default()
+                },
+            );
+        });
+        assert_eq!(p, None, "workloads default to the bridge");
     }
 
     #[test]

@@ -70,9 +70,49 @@ pub fn render(dns: &Dns) -> String {
     out
 }
 
+/// Reads back the settings of a resolv.conf text (what `render` writes, or any file in the
+/// usual format): `nameserver` lines in order, the last `search` (or `domain`) line wins, as
+/// in glibc. Unparsable addresses are skipped.
+pub fn parse(text: &str) -> Dns {
+    let mut dns = Dns::default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => {
+                if let Some(ns) = words.next().and_then(|w| w.parse::<IpAddr>().ok()) {
+                    push_unique(&mut dns.nameservers, ns);
+                }
+            }
+            Some("search") | Some("domain") => {
+                dns.search = words.map(|w| w.trim_end_matches('.').to_string()).collect();
+            }
+            _ => {}
+        }
+    }
+    dns
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_parse_reads_back_what_render_writes() {
+        let dns = Dns {
+            nameservers: vec![ip("1.1.1.1"), ip("2606:4700:4700::1111")],
+            search: vec!["corp.example".into(), "lab.example".into()],
+        };
+        assert_eq!(parse(&render(&dns)), dns);
+        let odd = "# c\nnameserver  10.0.2.3 \nnameserver bogus\ndomain old.example\nsearch a.example. b\noptions ndots:2\n";
+        assert_eq!(
+            parse(odd),
+            Dns {
+                nameservers: vec![ip("10.0.2.3")],
+                search: vec!["a.example".into(), "b".into()],
+            }
+        );
+        assert_eq!(parse(""), Dns::default());
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))

@@ -4,8 +4,15 @@
 //! Owns the security shape of each kind (DESIGN.md "containerd: two instances"): a privileged
 //! service gets every capability, the host's devices and writable /sys; everything else gets
 //! Docker's default capability set, no_new_privs, containerd's masked and read-only paths and a
-//! device allow-list. Pure: no I/O, so every rule is unit-tested. It does not pick cgroup paths
-//! or log files (the caller passes them).
+//! device allow-list. Pure: no I/O, so every rule is unit-tested. It does not pick cgroup paths,
+//! log files or a bridge container's network namespace and resolv.conf (the caller passes them:
+//! [`BridgePaths`]).
+//!
+//! Networking by `net`: `host` shares the host's network and UTS namespaces and bind-mounts the
+//! host's `/etc/resolv.conf` read-only; `none` gets new, empty ones (loopback only) and the
+//! image's resolv.conf; `bridge` joins the named network namespace the CNI driver attached
+//! (`path` in the spec, so runc does not create one) with the resolv.conf written for it
+//! bind-mounted read-only, and keeps its own UTS namespace and hostname.
 
 use crate::config::schema::{Container, Kind, NetMode};
 use oci_spec::runtime::{
@@ -15,6 +22,7 @@ use oci_spec::runtime::{
     MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 
 /// What the image itself says about how to run it (OCI image config `config` object).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +69,19 @@ pub enum SpecError {
     ImageConfig { name: String, reason: String },
     #[error("{name}: building the spec: {reason}")]
     Build { name: String, reason: String },
+    #[error("{name}: net = \"bridge\" without an attached network namespace")]
+    NoBridge { name: String },
+}
+
+/// Where a `net = "bridge"` container's network is: the named network namespace the CNI
+/// driver attaches (at the same path for every task of the container) and the resolv.conf
+/// written from its CNI result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgePaths {
+    /// The network namespace file (`/run/ros/netns/<name>`).
+    pub netns: PathBuf,
+    /// The container's resolv.conf on the host, bind-mounted read-only.
+    pub resolv_conf: PathBuf,
 }
 
 /// Everything `build` needs besides the container's own config.
@@ -73,6 +94,8 @@ pub struct SpecInput<'a> {
     pub image: &'a ImageConfig,
     /// Where runc puts the container's cgroup.
     pub cgroups_path: String,
+    /// The network of a `net = "bridge"` container (required for one, ignored otherwise).
+    pub bridge: Option<BridgePaths>,
 }
 
 /// Docker's default capability set: what a workload or an unprivileged service gets.
@@ -265,7 +288,7 @@ fn user(input: &SpecInput) -> Result<(u32, u32), SpecError> {
     Ok((uid, gid))
 }
 
-fn namespaces(net: NetMode) -> Vec<LinuxNamespace> {
+fn namespaces(net: NetMode, bridge: Option<&BridgePaths>) -> Vec<LinuxNamespace> {
     let mut kinds = vec![
         LinuxNamespaceType::Pid,
         LinuxNamespaceType::Ipc,
@@ -275,12 +298,20 @@ fn namespaces(net: NetMode) -> Vec<LinuxNamespace> {
     if net != NetMode::Host {
         // Host networking shares the host's hostname too, as Docker's --net=host does.
         kinds.push(LinuxNamespaceType::Uts);
-        kinds.push(LinuxNamespaceType::Network);
     }
-    kinds
+    let mut out: Vec<LinuxNamespace> = kinds
         .into_iter()
         .filter_map(|t| LinuxNamespaceBuilder::default().typ(t).build().ok())
-        .collect()
+        .collect();
+    let network = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+    let network = match (net, bridge) {
+        (NetMode::Host, _) => None,
+        // Joined, not created: the CNI driver attached it before the task starts.
+        (NetMode::Bridge, Some(b)) => network.path(b.netns.clone()).build().ok(),
+        (NetMode::None | NetMode::Bridge, _) => network.build().ok(),
+    };
+    out.extend(network);
+    out
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Option<Mount> {
@@ -344,14 +375,22 @@ fn mounts(input: &SpecInput, privileged: bool) -> Vec<Mount> {
     .into_iter()
     .flatten()
     .collect();
-    if input.container.net_mode(input.kind) == NetMode::Host {
+    match (input.container.net_mode(input.kind), &input.bridge) {
         // The host's resolver settings, kept current by ros, read-only.
-        out.extend(mount(
+        (NetMode::Host, _) => out.extend(mount(
             "/etc/resolv.conf",
             "bind",
             "/etc/resolv.conf",
             &["rbind", "ro"],
-        ));
+        )),
+        // The workload's, written from its CNI result before each task starts.
+        (NetMode::Bridge, Some(b)) => out.extend(mount(
+            "/etc/resolv.conf",
+            "bind",
+            &b.resolv_conf.display().to_string(),
+            &["rbind", "ro"],
+        )),
+        (NetMode::None | NetMode::Bridge, _) => {}
     }
     for m in &input.container.mounts {
         let mut opts: Vec<&str> = vec!["rbind"];
@@ -403,6 +442,11 @@ fn device_allow_list() -> Vec<LinuxDeviceCgroup> {
 pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     let c = input.container;
     let privileged = c.privileged && input.kind == Kind::Service;
+    if c.net_mode(input.kind) == NetMode::Bridge && input.bridge.is_none() {
+        return Err(SpecError::NoBridge {
+            name: input.name.into(),
+        });
+    }
     let err = build_err(input.name);
     let caps = capabilities(input)?;
     let capabilities = LinuxCapabilities::default();
@@ -475,7 +519,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     resources = resources.devices(devices);
 
     let mut linux = LinuxBuilder::default()
-        .namespaces(namespaces(c.net_mode(input.kind)))
+        .namespaces(namespaces(c.net_mode(input.kind), input.bridge.as_ref()))
         .resources(resources.build().map_err(&err)?)
         .cgroups_path(input.cgroups_path.clone());
     linux = if privileged {
@@ -532,6 +576,10 @@ mod tests {
             container: c,
             image: img,
             cgroups_path: format!("/ros/x/{name}"),
+            bridge: Some(BridgePaths {
+                netns: format!("/run/ros/netns/{name}").into(),
+                resolv_conf: format!("/run/ros/resolv/{name}.conf").into(),
+            }),
         }
     }
 
@@ -662,6 +710,82 @@ mod tests {
             .unwrap()[0];
         assert!(dev.allow());
         assert!(spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.destination().to_str() == Some("/etc/resolv.conf")));
+    }
+
+    #[test]
+    fn bridge_joins_the_attached_namespace_with_its_resolv_conf_and_none_gets_a_new_one() {
+        let img = image();
+        let c = Container::default();
+        let spec = build(&input("web", Kind::Workload, &c, &img)).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        let net = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            net.path().as_ref().and_then(|p| p.to_str()),
+            Some("/run/ros/netns/web")
+        );
+        assert!(linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Uts));
+        assert_eq!(spec.hostname().as_deref(), Some("web"));
+        let resolv = spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.destination().to_str() == Some("/etc/resolv.conf"))
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            resolv.source().as_ref().and_then(|p| p.to_str()),
+            Some("/run/ros/resolv/web.conf")
+        );
+        assert_eq!(
+            resolv.options().as_ref().unwrap(),
+            &vec!["rbind".to_string(), "ro".to_string()]
+        );
+
+        // Without the attached paths a bridge container cannot be specified.
+        let mut no_paths = input("web", Kind::Workload, &c, &img);
+        no_paths.bridge = None;
+        assert_eq!(
+            build(&no_paths).unwrap_err().to_string(),
+            "web: net = \"bridge\" without an attached network namespace"
+        );
+
+        // net = "none": a new, empty namespace (no path) and the image's own resolv.conf.
+        let none = Container {
+            net: Some(NetMode::None),
+            ..Default::default()
+        };
+        let spec = build(&input("w", Kind::Workload, &none, &img)).unwrap();
+        let net = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .cloned()
+            .unwrap();
+        assert!(net.path().is_none());
+        assert!(!spec
             .mounts()
             .as_ref()
             .unwrap()

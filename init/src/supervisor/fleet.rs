@@ -17,7 +17,13 @@
 //! pull fails that workload (`ros: workload NAME: image IMAGE: …; retry N in Ds`) and is retried
 //! with the restart backoff; workloads start after `ready`, so a pull never holds it back.
 //!
-//! Limitations: `net = "bridge"` runs as `none` (a warning, once); restart counts live in memory.
+//! Bridge workloads (`net = "bridge"`, the workloads' default): each task is preceded by an
+//! attach to `ros0` (`bridge_net`: CNI ADD, the container's resolv.conf; the OCI spec joins the
+//! namespace at a path fixed per container) and followed by a detach once it ended — a crash,
+//! an exit, a stop — so a restart gets a fresh attachment and no lease or rule outlives its
+//! task. An attach failure fails that start like a start error (restart policy, backoff).
+//!
+//! Limitations: restart counts live in memory.
 
 use crate::boot::{kmsg, sysimage};
 use crate::config::schema::{Container, Kind, NetMode, Registry};
@@ -26,12 +32,13 @@ use crate::runtime::containers::{parse_signal, NewContainer, TaskState};
 use crate::runtime::daemon::{self, Instance};
 use crate::runtime::logs::{LogSink, Rotation, Stream};
 use crate::runtime::{bundled, pull, spec, Client};
+use crate::supervisor::bridge_net::BridgeNet;
 use crate::supervisor::graph;
 use crate::supervisor::policy::{self, Backoff, Ended};
 use nix::sys::signal::Signal;
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -47,8 +54,6 @@ pub const DAEMON_READY: Duration = Duration::from_secs(30);
 const WAVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Margin on top of `stop_timeout_s` before a stop is given up on.
 const STOP_MARGIN: Duration = Duration::from_secs(10);
-
-static BRIDGE_WARNED: AtomicBool = AtomicBool::new(false);
 
 /// One import or pull at a time: two workloads naming the same image would otherwise write the
 /// same blobs at once (containerd refuses the second writer of a ref: `ref … locked`). The
@@ -104,6 +109,9 @@ struct Job {
     /// How `image` gets into the namespace.
     source: ImageSource,
     cgroups_path: String,
+    /// The network driver for a `net = "bridge"` container; `None` for the others (and when
+    /// the node has no workload networking).
+    bridge: Option<BridgeNet>,
 }
 
 /// Where a container's image comes from.
@@ -141,6 +149,8 @@ pub struct Fleet {
     service_waves: Vec<Vec<String>>,
     workloads: Arc<Mutex<Vec<Unit>>>,
     workload_starter: Option<JoinHandle<()>>,
+    /// Workload networking (`ros0`), once PID 1 set it up.
+    bridge: Option<BridgeNet>,
 }
 
 impl Fleet {
@@ -157,6 +167,29 @@ impl Fleet {
             service_waves: Vec::new(),
             workloads: Arc::new(Mutex::new(Vec::new())),
             workload_starter: None,
+            bridge: None,
+        })
+    }
+
+    /// Gives the fleet its workload networking: bridge workloads attach through it. Without
+    /// it a bridge workload fails to start, naming why.
+    pub fn set_bridge(&mut self, bridge: BridgeNet) {
+        self.bridge = Some(bridge);
+    }
+
+    /// Runs `fut` to completion on the calling thread, calling `reap` every 50 ms meanwhile.
+    /// For PID 1's main thread, which delivers the exits of the helpers (CNI plugins) that a
+    /// workload's stop waits for: blocking it in a plain `block_on` would hold those exits
+    /// back until the helpers time out.
+    pub fn block_on_reaping<F: Future>(&self, fut: F, reap: &mut dyn FnMut()) -> F::Output {
+        self.rt.block_on(async {
+            let mut fut = std::pin::pin!(fut);
+            loop {
+                tokio::select! {
+                    out = &mut fut => return out,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => reap(),
+                }
+            }
         })
     }
 
@@ -285,6 +318,13 @@ impl Fleet {
         }
         let units = self.workloads.clone();
         let handle = self.rt.handle().clone();
+        let bridge = self.bridge.clone();
+        let bridged = |c: &Container| job_bridge(bridge.as_ref(), Kind::Workload, c).is_some();
+        if let Some(b) = bridge.as_ref().filter(|_| enabled.values().any(bridged)) {
+            // Modules, rules and the boot cleanup overlap containerd's start and the imports.
+            let b = b.clone();
+            self.rt.spawn(async move { b.start().await });
+        }
         self.workload_starter = Some(self.rt.spawn(async move {
             let instance = Instance::user();
             if let Err(e) = daemon::wait_ready(&instance.socket, DAEMON_READY).await {
@@ -326,7 +366,7 @@ impl Fleet {
                     }
                     admitted += 1;
                     let job =
-                        workload_job(&instance, &client, &name, c, &registries, &mut imported)
+                        workload_job(&instance, &client, &name, c, &registries, &mut imported, bridge.as_ref())
                             .await;
                     let unit = spawn_unit(&handle, job);
                     started.push((name.clone(), c.oneshot, unit.state_rx.clone()));
@@ -344,8 +384,10 @@ impl Fleet {
     }
 
     /// The ordered stop (DESIGN.md step 10): workloads, then services in reverse start-wave
-    /// order, each within its `stop_timeout_s` (plus a margin). Bounded.
-    pub fn shutdown(&mut self) {
+    /// order, each within its `stop_timeout_s` (plus a margin). Bounded. `reap` delivers the
+    /// exits of helpers meanwhile (a bridge workload's detach runs CNI plugins; see
+    /// [`Fleet::block_on_reaping`]).
+    pub fn shutdown(&mut self, reap: &mut dyn FnMut()) {
         if let Some(starter) = self.workload_starter.take() {
             starter.abort();
         }
@@ -354,7 +396,7 @@ impl Fleet {
             .lock()
             .map(|mut w| std::mem::take(&mut *w))
             .unwrap_or_default();
-        self.rt.block_on(stop_units(workloads));
+        self.block_on_reaping(stop_units(workloads), reap);
         let mut services: Vec<Unit> = self
             .services
             .lock()
@@ -384,6 +426,7 @@ fn service_job(instance: &Instance, name: &str, c: &Container) -> Job {
         image,
         source: ImageSource::Present,
         cgroups_path: format!("/ros/system/{name}"),
+        bridge: None,
     }
 }
 
@@ -396,6 +439,7 @@ async fn workload_job(
     c: &Container,
     registries: &Arc<BTreeMap<String, Registry>>,
     imported: &mut BTreeSet<PathBuf>,
+    bridge: Option<&BridgeNet>,
 ) -> Job {
     let (image, source) = match workload_source(&c.image, registries) {
         Ok(b) => {
@@ -417,7 +461,16 @@ async fn workload_job(
         // Relative to the user containerd's cgroup namespace, rooted at the fence
         // (`fence_ns`): `/ros/user/user/<name>` on the host, beside `ctr run`'s.
         cgroups_path: format!("/{}/{name}", instance.namespace()),
+        bridge: job_bridge(bridge, Kind::Workload, c),
     }
+}
+
+/// The network driver a container's `Job` carries: the fleet's, for a `net = "bridge"` one.
+/// (Whatever builds a workload's `Job` — the boot's start, a live start — sets it this way.)
+fn job_bridge(bridge: Option<&BridgeNet>, kind: Kind, c: &Container) -> Option<BridgeNet> {
+    bridge
+        .filter(|_| c.net_mode(kind) == NetMode::Bridge)
+        .cloned()
 }
 
 /// Imports one bundled archive and logs what happened.
@@ -630,21 +683,17 @@ async fn create(job: &Job, client: &Client) -> Result<Signal, String> {
         .image_info(&job.image)
         .await
         .map_err(|e| e.to_string())?;
-    let mut container = job.container.clone();
-    if container.net_mode(job.kind) == NetMode::Bridge {
-        if !BRIDGE_WARNED.swap(true, Ordering::Relaxed) {
-            log::warn!(
-                "net = \"bridge\" is not implemented yet: such containers run with net = \"none\""
-            );
-        }
-        container.net = Some(NetMode::None);
+    let container = &job.container;
+    if container.net_mode(job.kind) == NetMode::Bridge && job.bridge.is_none() {
+        return Err("net = \"bridge\": this node has no workload networking (see the log)".into());
     }
     let input = spec::SpecInput {
         name: &job.name,
         kind: job.kind,
-        container: &container,
+        container,
         image: &info.config,
         cgroups_path: job.cgroups_path.clone(),
+        bridge: job.bridge.as_ref().map(|b| b.paths(&job.name)),
     };
     let spec = spec::build(&input).map_err(|e| e.to_string())?;
     client
@@ -713,7 +762,17 @@ async fn supervise(
                 .ok()
         });
         let started = Instant::now();
-        let status = match client.start_task(&job.name, logs.as_ref()).await {
+        let network = attach(&what, &job).await;
+        // A failed attach undid itself: nothing to detach then.
+        let attached = network.is_ok();
+        let start = match network {
+            Ok(()) => client
+                .start_task(&job.name, logs.as_ref())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let status = match start {
             Ok(pid) => {
                 kmsg::console(&format!("{what} started (pid {pid})"));
                 note(&format!("ros: started (pid {pid})"));
@@ -729,6 +788,7 @@ async fn supervise(
                     Some(s) => s,
                     None => {
                         stop_task(&what, &job, &client, stop_signal).await;
+                        detach(&what, &job).await;
                         if let Some(l) = logs {
                             tokio::spawn(l.finished());
                         }
@@ -750,6 +810,11 @@ async fn supervise(
             }
         };
         let _ = client.delete_task(&job.name).await;
+        // Released before the restart decision: the address and the published ports belong to
+        // the task that ended (a restart attaches afresh).
+        if attached {
+            detach(&what, &job).await;
+        }
         if let Some(l) = logs {
             tokio::spawn(l.finished());
         }
@@ -785,6 +850,50 @@ async fn supervise(
     }
 }
 
+/// Attaches a bridge container's network before its task starts (nothing for the others) and
+/// puts the outcome on the console (`ros: workload web: network 10.88.0.2/16 on ros0 … in
+/// 0.210s`). The error is the start's failure.
+async fn attach(what: &str, job: &Job) -> Result<(), String> {
+    let Some(bridge) = &job.bridge else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    match bridge.attach(&job.name, &job.container.ports).await {
+        Ok(a) => {
+            let ports: Vec<String> = a.ports.iter().map(|p| p.to_string()).collect();
+            kmsg::console(&format!(
+                "{what}: network {} on {}{} in {:.3}s",
+                a.address,
+                crate::net::cni::BRIDGE,
+                if ports.is_empty() {
+                    String::new()
+                } else {
+                    format!(", ports {}", ports.join(" "))
+                },
+                started.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        }
+        Err(e) => Err(format!("network: {e}")),
+    }
+}
+
+/// Detaches a bridge container's network after its task ended (nothing for the others);
+/// a failure is logged on the console (the driver retries leftovers at the next attach).
+async fn detach(what: &str, job: &Job) {
+    let Some(bridge) = &job.bridge else {
+        return;
+    };
+    let started = Instant::now();
+    match bridge.detach(&job.name).await {
+        Ok(()) => log::info!(
+            "{what}: network detached in {:.3}s",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => kmsg::console(&format!("{what}: network detach: {e}")),
+    }
+}
+
 async fn stop_task(what: &str, job: &Job, client: &Client, signal: Signal) {
     let timeout = Duration::from_secs(job.container.stop_timeout_s);
     match client.stop(&job.name, signal, timeout).await {
@@ -797,6 +906,24 @@ async fn stop_task(what: &str, job: &Job, client: &Client, signal: Signal) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_only_bridge_workloads_carry_the_network_driver() {
+        let b = BridgeNet::with_starter(
+            Box::new(|| Err(crate::net::cni::CniError::Module("none".into()))),
+            Path::new("/run/ros/resolv"),
+            Path::new("/run/ros/netns"),
+        );
+        let default = Container::default();
+        let none = Container {
+            net: Some(NetMode::None),
+            ..Container::default()
+        };
+        assert!(job_bridge(Some(&b), Kind::Workload, &default).is_some());
+        assert!(job_bridge(Some(&b), Kind::Workload, &none).is_none());
+        assert!(job_bridge(Some(&b), Kind::Service, &default).is_none());
+        assert!(job_bridge(None, Kind::Workload, &default).is_none());
+    }
 
     #[test]
     fn test_workload_images_resolve_to_archive_or_registry() {

@@ -1,7 +1,8 @@
 //! Supervision of PID 1's children and containers: the single reaper, the shells PID 1 runs
 //! itself, the start/stop order (`graph`), the restart policy (`policy`) and the containers of
-//! services and workloads (`fleet`).
+//! services and workloads (`fleet`), and the network of bridge workloads (`bridge_net`).
 
+pub mod bridge_net;
 pub mod daemons;
 pub mod fence_ns;
 pub mod fleet;

@@ -79,6 +79,33 @@ impl<T> Reaper<T> {
         out
     }
 
+    /// Collects the registered children whose owner `pred` accepts and that have exited,
+    /// leaving every other child (and orphans) to [`Reaper::reap`]. For a caller that must
+    /// keep helpers going while it blocks (the ordered stop of workloads, whose network
+    /// detach runs plugins) without taking exits others wait for.
+    pub fn reap_where(&self, pred: impl Fn(&T) -> bool) -> Vec<Reaped<T>> {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let pids: Vec<i32> = owners
+            .iter()
+            .filter(|(_, o)| pred(o))
+            .map(|(pid, _)| *pid)
+            .collect();
+        let mut out = Vec::new();
+        for raw in pids {
+            let exit = match waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
+                Ok(_) | Err(_) => continue,
+            };
+            out.push(Reaped {
+                pid: Pid::from_raw(raw),
+                exit,
+                owner: owners.remove(&raw),
+            });
+        }
+        out
+    }
+
     /// How many registered children are still running.
     pub fn registered(&self) -> usize {
         self.owners.lock().map(|o| o.len()).unwrap_or(0)

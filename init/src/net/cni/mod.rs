@@ -78,6 +78,9 @@ pub const MODULES: &[&str] = &[
     "xt_tcpudp",
 ];
 
+/// PID 1's CNI state directory (see [`Paths::system`]).
+pub const STATE_DIR: &str = "/run/ros/cni";
+
 /// How long one plugin may run.
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -221,17 +224,25 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// PID 1's: the system image's plugins and iptables, state on `/run` (tmpfs: leases and
-    /// namespaces cannot outlive a boot).
+    /// PID 1's: the plugins and iptables of the system image where it is mounted
+    /// (`boot::sysimage::MOUNT_POINT`: `/usr/lib/cni` of the image, not of the root), state on
+    /// `/run` (tmpfs: leases and namespaces cannot outlive a boot). `PATH` puts the image's
+    /// `sbin` first, so the plugins' own `iptables`/`ip6tables` runs find the same binary.
     pub fn system() -> Paths {
+        let image = Path::new(crate::boot::sysimage::MOUNT_POINT);
+        let sbin = image.join("usr/sbin");
         Paths {
-            plugins: "/usr/lib/cni".into(),
-            state: "/run/ros/cni".into(),
+            plugins: image.join("usr/lib/cni"),
+            state: STATE_DIR.into(),
             netns: netns::NETNS_DIR.into(),
-            iptables: "/usr/sbin/iptables".into(),
-            iptables_restore: "/usr/sbin/iptables-restore".into(),
-            iptables_save: "/usr/sbin/iptables-save".into(),
-            path_env: "/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            iptables: sbin.join("iptables"),
+            iptables_restore: sbin.join("iptables-restore"),
+            iptables_save: sbin.join("iptables-save"),
+            path_env: format!(
+                "{}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                sbin.display(),
+                image.join("usr/bin").display()
+            ),
         }
     }
 
@@ -405,7 +416,7 @@ impl Cni {
         move |source| CniError::Netns { workload, source }
     }
 
-    /// Runs one plugin of `list`; returns its parsed result for ADD.
+    /// Runs one plugin of `list` with `CNI_ARGS` = `args`; returns its parsed result for ADD.
     #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,
@@ -417,6 +428,7 @@ impl Cni {
         plugin: &Value,
         prev: Option<&Value>,
         runtime: &Map<String, Value>,
+        args: &str,
     ) -> Result<Option<RawResult>, CniError> {
         let kind = conflist::plugin_type(plugin);
         let stdin = conflist::plugin_stdin(list, plugin, prev, runtime);
@@ -428,7 +440,7 @@ impl Cni {
                 netns.map(|p| p.display().to_string()).unwrap_or_default(),
             ),
             ("CNI_IFNAME".to_string(), ifname.to_string()),
-            ("CNI_ARGS".to_string(), String::new()),
+            ("CNI_ARGS".to_string(), args.to_string()),
             (
                 "CNI_PATH".to_string(),
                 self.paths.plugins.display().to_string(),
@@ -484,7 +496,7 @@ impl Cni {
         rt
     }
 
-    /// ADD across a conflist; the final result.
+    /// ADD across a conflist with `CNI_ARGS` = `args`; the final result.
     fn add_list(
         &self,
         workload: &str,
@@ -492,6 +504,7 @@ impl Cni {
         ifname: &str,
         list: &Value,
         ports: &[PortMapping],
+        args: &str,
     ) -> Result<Option<RawResult>, CniError> {
         let runtime = Self::runtime_config(ports);
         let mut prev: Option<RawResult> = None;
@@ -505,6 +518,7 @@ impl Cni {
                 &plugin,
                 prev.as_ref().map(|r| &r.raw),
                 &runtime,
+                args,
             )?;
             if got.is_some() {
                 prev = got;
@@ -517,6 +531,22 @@ impl Cni {
     /// Leftovers of an earlier run of the same workload (a crash, a lost DEL) are detached
     /// first. On failure everything done is undone and the error returned.
     pub fn attach(&self, workload: &str, ports: &[PortMapping]) -> Result<Attached, CniError> {
+        self.attach_at(workload, ports, None)
+    }
+
+    /// [`Cni::attach`], asking host-local for `address` when given (`CNI_ARGS`
+    /// `IgnoreUnknown=1;IP=<address>` on the `ros0` chain, so the other plugins ignore it): a
+    /// restarted workload gets its address back. When the address is not free, host-local's
+    /// error is returned (and everything undone); the caller may attach again without it.
+    pub fn attach_at(
+        &self,
+        workload: &str,
+        ports: &[PortMapping],
+        address: Option<IpAddr>,
+    ) -> Result<Attached, CniError> {
+        let args = address
+            .map(|a| format!("IgnoreUnknown=1;IP={a}"))
+            .unwrap_or_default();
         let _one = self.serial();
         let ns_path =
             netns::path(&self.paths.netns, workload).map_err(Self::netns_err(workload))?;
@@ -527,7 +557,7 @@ impl Cni {
             }
         }
         let ns = netns::create(&self.paths.netns, workload).map_err(Self::netns_err(workload))?;
-        match self.add_all(workload, &ns, ports) {
+        match self.add_all(workload, &ns, ports, &args) {
             Ok(a) => Ok(a),
             Err(e) => {
                 // The spec: a failed ADD is followed by a DEL of everything.
@@ -546,10 +576,11 @@ impl Cni {
         workload: &str,
         ns: &Path,
         ports: &[PortMapping],
+        args: &str,
     ) -> Result<Attached, CniError> {
-        self.add_list(workload, ns, "lo", &conflist::loopback(), &[])?;
+        self.add_list(workload, ns, "lo", &conflist::loopback(), &[], "")?;
         let raw = self
-            .add_list(workload, ns, IFNAME, &self.conflist(), ports)?
+            .add_list(workload, ns, IFNAME, &self.conflist(), ports, args)?
             .ok_or_else(|| CniError::NoAddress {
                 workload: workload.to_string(),
             })?;
@@ -604,6 +635,12 @@ impl Cni {
         }
     }
 
+    /// The address of an attached workload on `eth0`, from the result cache; `None` when it
+    /// is not attached (or the cache does not parse). Does not wait for a running operation.
+    pub fn address_of(&self, workload: &str) -> Option<IpNet> {
+        cached_address(&self.cache_path(workload))
+    }
+
     /// CHECK: the workload's interfaces, address, routes, lease and rules are as ADD left them.
     pub fn check(&self, workload: &str) -> Result<(), CniError> {
         let _one = self.serial();
@@ -624,6 +661,7 @@ impl Cni {
                 &plugin,
                 None,
                 &Map::new(),
+                "",
             )?;
         }
         let list = self.conflist();
@@ -637,6 +675,7 @@ impl Cni {
                 &plugin,
                 Some(&cached.result),
                 &runtime,
+                "",
             );
             match checked {
                 Err(CniError::Plugin {
@@ -706,6 +745,7 @@ impl Cni {
                 plugin,
                 prev,
                 &runtime,
+                "",
             ) {
                 first.get_or_insert(e);
             }
@@ -722,6 +762,7 @@ impl Cni {
                     &plugin,
                     None,
                     &Map::new(),
+                    "",
                 ) {
                     first.get_or_insert(e);
                 }
@@ -810,6 +851,27 @@ impl Cni {
             })
             .collect()
     }
+}
+
+/// The `eth0` address in one result cache entry.
+fn cached_address(path: &Path) -> Option<IpNet> {
+    let cached: Cached = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+    let result: CniResult = serde_json::from_value(cached.result).ok()?;
+    let sandbox = cached.netns.display().to_string();
+    result
+        .address_in(&sandbox, IFNAME)
+        .or_else(|| result.ips.first())
+        .map(|ip| ip.address)
+}
+
+/// The address PID 1's driver gave workload `name` (its result cache under [`STATE_DIR`]),
+/// for `ros ps` and the like; `None` when it is not attached. Cheap (one small file on
+/// tmpfs), callable from any thread.
+pub fn address_of(name: &str) -> Option<IpNet> {
+    if netns::path(Path::new(netns::NETNS_DIR), name).is_err() {
+        return None;
+    }
+    cached_address(&Paths::system().results().join(format!("{name}.json")))
 }
 
 /// host-local's leases in `dir` (`<dataDir>/<network>`): one file per address, named by it,

@@ -101,6 +101,45 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NetnsError> {
     Ok(path)
 }
 
+/// Makes `dir` a shared mount point (bind-mounted on itself, then `MS_SHARED`), as `ip netns`
+/// does with `/run/netns`. PID 1 calls it before the user containerd starts: that daemon runs in
+/// a mount namespace of its own (`supervisor::fence_ns`, a slave of this one), and only a
+/// mount point that was shared when it unshared receives the namespaces mounted here later —
+/// otherwise runc would find an empty placeholder file at a workload's namespace path.
+/// Idempotent: a `dir` that already is a mount point is only marked shared again.
+pub fn share_dir(dir: &Path) -> Result<(), NetnsError> {
+    fs::create_dir_all(dir).map_err(|e| io(dir, "create")(e.to_string()))?;
+    if !is_mount_point(dir) {
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| io(dir, "bind mount")(e.to_string()))?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| io(dir, "make shared")(e.to_string()))
+}
+
+/// Whether `dir` is listed as a mount point in `/proc/self/mountinfo` (field 5).
+fn is_mount_point(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = dir.display().to_string();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m == want)
+}
+
 /// Deletes namespace `name` under `dir`: unmounts it (lazily: a process still inside keeps it
 /// alive until it leaves) and removes the file. Absent is not an error.
 pub fn delete(dir: &Path, name: &str) -> Result<(), NetnsError> {

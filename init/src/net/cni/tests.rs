@@ -131,6 +131,20 @@ fn check_runs_the_chain_in_order_with_the_cached_result_and_the_cni_environment(
 }
 
 #[test]
+fn address_of_reads_the_cache_and_is_none_when_detached() {
+    let dir = tempdir();
+    let cni = driver(dir.path(), Scripted::new(|_| ok()));
+    assert_eq!(cni.address_of("web"), None);
+    cache(&cni, "web", Path::new("/run/ros/netns/web"));
+    assert_eq!(
+        cni.address_of("web").map(|a| a.to_string()),
+        Some("10.88.0.2/16".to_string())
+    );
+    assert_eq!(cni.detach("web"), Ok(()));
+    assert_eq!(cni.address_of("web"), None);
+}
+
+#[test]
 fn check_without_attach_names_the_workload() {
     let dir = tempdir();
     let cni = driver(dir.path(), Scripted::new(|_| ok()));

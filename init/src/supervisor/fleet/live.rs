@@ -51,16 +51,9 @@ fn address(job: &Job) -> String {
     match job.container.net_mode(job.kind) {
         NetMode::Host => "host".to_string(),
         NetMode::None => "none".to_string(),
-        NetMode::Bridge => {
-            let ipam = crate::net::cni::Paths::system()
-                .ipam()
-                .join(crate::net::cni::conflist::BRIDGE);
-            crate::net::cni::ipam_owners(&ipam)
-                .into_iter()
-                .find(|(_, owner)| *owner == job.name)
-                .map(|(a, _)| a.to_string())
-                .unwrap_or_default()
-        }
+        NetMode::Bridge => crate::supervisor::bridge_net::address_of(&job.name)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -208,21 +201,38 @@ impl Fleet {
         let stopped = self.stopped.clone();
         let workloads = self.workloads.clone();
         let handle = self.rt.handle().clone();
+        let bridge = self.bridge.clone();
         self.rt.spawn(async move {
-            let lines = reconcile(&handle, &services, &stopped, &workloads, &new, &plan).await;
+            let lives = Lives {
+                handle: &handle,
+                services: &services,
+                stopped: &stopped,
+                workloads: &workloads,
+                bridge: bridge.as_ref(),
+            };
+            let lines = reconcile(&lives, &new, &plan).await;
             let _ = reply.send(Ok(lines));
         });
     }
 }
 
-async fn reconcile(
-    handle: &tokio::runtime::Handle,
-    services: &Mutex<Vec<Unit>>,
-    stopped: &Mutex<BTreeMap<String, Job>>,
-    workloads: &Mutex<Vec<Unit>>,
-    new: &Config,
-    plan: &Plan,
-) -> Vec<String> {
+/// The fleet's shared parts a live change works on.
+struct Lives<'a> {
+    handle: &'a tokio::runtime::Handle,
+    services: &'a Mutex<Vec<Unit>>,
+    stopped: &'a Mutex<BTreeMap<String, Job>>,
+    workloads: &'a Mutex<Vec<Unit>>,
+    bridge: Option<&'a BridgeNet>,
+}
+
+async fn reconcile(lives: &Lives<'_>, new: &Config, plan: &Plan) -> Vec<String> {
+    let Lives {
+        handle,
+        services,
+        stopped,
+        workloads,
+        bridge,
+    } = *lives;
     let mut lines = Vec::new();
     // Stop first: workloads, then services (DESIGN.md's shutdown order, for the part changed).
     for (list, named, kind) in [
@@ -283,7 +293,7 @@ async fn reconcile(
         .chain(plan.workloads.changed.iter())
         .collect();
     if !starting.is_empty() {
-        lines.extend(start_workloads_live(handle, workloads, new, &starting).await);
+        lines.extend(start_workloads_live(handle, workloads, new, &starting, bridge).await);
     }
     lines
 }
@@ -293,6 +303,7 @@ async fn start_workloads_live(
     workloads: &Mutex<Vec<Unit>>,
     new: &Config,
     names: &[&String],
+    bridge: Option<&BridgeNet>,
 ) -> Vec<String> {
     let user = Instance::user();
     let client = match Client::connect(&user.socket, user.namespace()).await {
@@ -315,7 +326,7 @@ async fn start_workloads_live(
             lines.push(line);
             continue;
         }
-        let job = workload_job(&user, &client, name, c, &registries, &mut imported).await;
+        let job = workload_job(&user, &client, name, c, &registries, &mut imported, bridge).await;
         lines.push(start_live(handle, workloads, job).await);
     }
     lines
