@@ -280,13 +280,21 @@ fn scripts_run_exec_prints_init_name_and_hostname() {
 #[test]
 fn scripts_run_timeout_gives_up_with_a_clear_error() {
     let out = Command::new(repo_root().join("scripts/run"))
-        .args(["--timeout", "40", "--exec", "sleep 600"])
+        // No services: the timeout covers the boot too, and this test is about the command.
+        .args([
+            "--append",
+            NO_SERVICES,
+            "--timeout",
+            "60",
+            "--exec",
+            "sleep 600",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("`sleep 600` did not finish within 40s"),
+        err.contains("`sleep 600` did not finish within 60s"),
         "{err}"
     );
 }
