@@ -117,7 +117,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
         .map_or(0, |s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
-fn bytes_at<'a>(b: &'a [u8], at: usize, len: usize) -> &'a [u8] {
+fn bytes_at(b: &[u8], at: usize, len: usize) -> &[u8] {
     b.get(at..at + len).unwrap_or(&[])
 }
 
