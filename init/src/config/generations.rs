@@ -1,6 +1,6 @@
 //! The local config layer as numbered generations on disk (DESIGN.md, "Config", generations).
 //!
-//! Format, in one directory (`/var/lib/ros/config`: tmpfs today, the state disk later):
+//! Format, in one directory (`/var/lib/ros/config`: on the state disk, or in RAM without one):
 //! `gen-N.toml` is the local layer of generation N, byte for byte what the admin's edits made;
 //! `gen-N.state` is its metadata as JSON (`{"state":"good","created_unix_ms":…,"summary":"…"}`);
 //! `current` holds the number of the current generation. Every file is written through
