@@ -220,3 +220,50 @@ fn extra_mounts_resolve_by_label_detect_the_type_and_a_missing_required_one_is_a
         "storage.mounts[0]: source LABEL=GONE for /data not found (set optional = true to boot without it)"
     );
 }
+
+#[test]
+fn the_state_disk_is_found_by_uuid_or_path_and_never_formatted_by_uuid() {
+    let f = fake();
+    let vdb = f.disk("vdb", 16);
+    assert!(Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "OTHER",
+            "-U",
+            "6a1f0a3e-0000-4000-8000-00000000abcd"
+        ])
+        .arg(&vdb)
+        .status()
+        .unwrap()
+        .success());
+    f.disk("vdc", 16);
+    let (r, _, n) = run_choose(
+        &f,
+        &state("UUID=6A1F0A3E-0000-4000-8000-00000000ABCD", true),
+        None,
+    );
+    assert_eq!(
+        r.unwrap(),
+        StateDecision::Disk {
+            device: vdb.clone(),
+            formatted: false
+        }
+    );
+    assert_eq!(n, 0);
+    // An unknown UUID with autoformat: the blank vdc is left alone.
+    let (r, _, n) = run_choose(&f, &state("UUID=00000000-dead", true), None);
+    assert!(matches!(r.unwrap(), StateDecision::Ram { .. }));
+    assert_eq!(n, 0);
+    // By path (cmdline ros.state= wins over the config): any ext filesystem is used as it is.
+    let (r, _, n) = run_choose(&f, &state("LABEL=ROS_STATE", false), Some("/dev/vdb"));
+    assert_eq!(
+        r.unwrap(),
+        StateDecision::Disk {
+            device: vdb,
+            formatted: false
+        }
+    );
+    assert_eq!(n, 0);
+}
