@@ -215,6 +215,20 @@ fn a_blank_disk_is_formatted_state_survives_reboots_and_a_breaking_generation_ro
     vm.poweroff().unwrap();
     vm.passed();
     run(Command::new("qemu-img").args(["check", "-q"]).arg(&disk));
+    // Shutdown unmounted the state disk: its ext4 is consistent and marked clean.
+    let raw = dir.path().join("state.raw");
+    run(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&disk)
+        .arg(&raw));
+    run(Command::new("e2fsck").args(["-n", "-f"]).arg(&raw));
+    let header = run(Command::new("dumpe2fs").arg("-h").arg(&raw));
+    assert!(
+        header
+            .lines()
+            .any(|l| l.starts_with("Filesystem state:") && l.trim_end().ends_with("clean")),
+        "{header}"
+    );
 }
 
 /// An md 1.0 superblock (`mdp_superblock_1`, RAID1 of 2, checksummed as the kernel does) at
