@@ -9,4 +9,5 @@ pub mod config;
 pub mod net;
 pub mod power;
 pub mod runtime;
+pub mod storage;
 pub mod supervisor;

@@ -26,6 +26,7 @@ PREREQS=(
   "skopeo:skopeo"
   "htpasswd:apache2-utils"
   "socat:socat"
+  "sfdisk:fdisk"
 )
 
 ensure_prereqs() {

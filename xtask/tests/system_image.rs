@@ -48,6 +48,8 @@ fn staged_runtime_takes_every_library_from_the_pinned_packages() {
         "usr/lib/cni/firewall",
         "usr/lib/cni/loopback",
         "usr/sbin/xtables-nft-multi",
+        "usr/sbin/mke2fs",
+        "usr/sbin/e2fsck",
     ] {
         let p = root.join(bin);
         let info = elf::read_info(&p).unwrap();
@@ -82,13 +84,23 @@ fn staged_runtime_takes_every_library_from_the_pinned_packages() {
         in_libdir,
         [
             "ld-linux-x86-64.so.2",
+            "libblkid.so.1",
+            "libblkid.so.1.1.0",
             "libc.so.6",
+            "libcom_err.so.2",
+            "libcom_err.so.2.1",
+            "libe2p.so.2",
+            "libe2p.so.2.3",
+            "libext2fs.so.2",
+            "libext2fs.so.2.4",
             "libmnl.so.0",
             "libmnl.so.0.2.0",
             "libnftnl.so.11",
             "libnftnl.so.11.6.0",
             "libseccomp.so.2",
             "libseccomp.so.2.6.0",
+            "libuuid.so.1",
+            "libuuid.so.1.3.0",
             "libxtables.so.12",
             "libxtables.so.12.7.0",
             "xtables",

@@ -385,6 +385,9 @@ impl Engine {
                             after,
                         );
                     }
+                    // A storage change only takes effect at the next boot: the generation
+                    // stays `trying` until a boot reaches `ready` with it (or rolls it back).
+                    None if plan.storage => {}
                     None => inner.store.set_state(generation, GenState::Good)?,
                 }
                 Ok(outcome)

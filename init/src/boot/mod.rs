@@ -13,6 +13,7 @@ pub mod loopdev;
 pub mod modules;
 pub mod mounts;
 pub mod pid1;
+pub mod state_storage;
 pub mod switch_root;
 pub mod sys;
 pub mod sysimage;

@@ -17,7 +17,7 @@ use super::cmdline::{self, Cmdline};
 use super::mounts::{self, MountError};
 use super::switch_root::{self, SwitchRootError};
 use super::sys::LinuxSys;
-use super::{config_sources, kmsg, modules, sysimage};
+use super::{config_sources, kmsg, modules, state_storage, sysimage};
 use crate::cgroups;
 use crate::config::generations::Store;
 use crate::config::schema::NetworkWait;
@@ -26,6 +26,7 @@ use crate::net::cni::{netns, ReaperRunner};
 use crate::net::{self, NetService};
 use crate::power::{self, PowerAction};
 use crate::runtime::daemon::Instance;
+use crate::storage::StorageError;
 use crate::supervisor::bridge_net::BridgeNet;
 use crate::supervisor::daemons::Daemons;
 use crate::supervisor::fleet::{self, Fleet};
@@ -51,6 +52,8 @@ pub enum BootError {
     SwitchRoot(#[from] SwitchRootError),
     #[error("signal setup: {0}")]
     Signals(nix::errno::Errno),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
 }
 
 /// Modules that the config sources and the state disk need before the config is read.
@@ -121,11 +124,21 @@ fn run() -> Result<Infallible, BootError> {
     let mut shells = Shells::new(&cmdline.debug_shells);
     shells.respawn_due(&reaper);
     phase("modules", load_boot_modules);
-    let (config, inputs, store) = phase("config", || load_config(&cmdline));
-    phase("kernel", || apply_kernel(&config));
+    let (image, on_disk) = phase("storage", || {
+        state_storage::setup(&cmdline, &reaper, &mut |reaped| {
+            handle_reaped(reaped, &mut shells, None)
+        })
+    });
+    let (config, inputs, mut store) = phase("config", || load_config(&cmdline, on_disk));
+    phase("kernel", || -> Result<(), BootError> {
+        apply_kernel(&config);
+        state_storage::mount_extra(&config)?;
+        Ok(())
+    })?;
     let network = phase("network", || start_network(&config));
-    let mut runtime = phase("runtime", || start_runtime(&config, &reaper));
+    let mut runtime = phase("runtime", || start_runtime(&config, &reaper, image));
     kmsg::console(&format!("ready in {:.3}s", kmsg::uptime()));
+    state_storage::reached_ready(store.as_mut());
     if let Some(rt) = runtime.as_mut() {
         rt.fleet.start_workloads(&config);
     }
@@ -178,8 +191,12 @@ struct Runtime {
 /// Nothing here is fatal: a node whose containers cannot run still boots, with the error in
 /// the log, so the admin can reach it (the debug shell, later the API) and fix the config;
 /// `None` when containerd cannot run at all.
-fn start_runtime(config: &Config, reaper: &Arc<Reaper<Owner>>) -> Option<Runtime> {
-    match sysimage::mount() {
+fn start_runtime(
+    config: &Config,
+    reaper: &Arc<Reaper<Owner>>,
+    image: Result<std::path::PathBuf, sysimage::SysImageError>,
+) -> Option<Runtime> {
+    match image {
         Ok(dev) => log::info!(
             "system image on {} mounted at {}",
             dev.display(),
@@ -244,9 +261,16 @@ fn load_boot_modules() {
 }
 
 /// The effective config, boot's inputs without the local layer (for the API), and the
-/// generation store whose boot generation is the local layer.
-fn load_config(cmdline: &Cmdline) -> (Config, Vec<LayerInput>, Option<Store>) {
-    let store = api_host::open_store();
+/// generation store whose boot generation is the local layer. With the state on disk, a
+/// generation that did not reach `ready` on the previous boot is marked bad first, and the
+/// boot watchdog is armed while a `trying` generation is being booted.
+fn load_config(cmdline: &Cmdline, on_disk: bool) -> (Config, Vec<LayerInput>, Option<Store>) {
+    let mut store = api_host::open_store();
+    if on_disk {
+        if let Some(s) = store.as_mut() {
+            state_storage::roll_back_failed_boot(s);
+        }
+    }
     let inputs = config_sources::inputs(cmdline);
     let loaded = crate::config::load(api_host::with_local(&inputs, store.as_ref()));
     for e in &loaded.errors {
@@ -254,6 +278,11 @@ fn load_config(cmdline: &Cmdline) -> (Config, Vec<LayerInput>, Option<Store>) {
         log::warn!("config layer {} skipped", e.source_name());
     }
     log::info!("config layers: {}", loaded.used.join(", "));
+    if on_disk {
+        if let Some(s) = store.as_mut() {
+            state_storage::arm_watchdog(s, &loaded.config);
+        }
+    }
     (loaded.config, inputs, store)
 }
 

@@ -1,6 +1,6 @@
 //! The local config layer as numbered generations on disk (DESIGN.md, "Config", generations).
 //!
-//! Format, in one directory (`/var/lib/ros/config`: tmpfs today, the state disk later):
+//! Format, in one directory (`/var/lib/ros/config`: on the state disk, or in RAM without one):
 //! `gen-N.toml` is the local layer of generation N, byte for byte what the admin's edits made;
 //! `gen-N.state` is its metadata as JSON (`{"state":"good","created_unix_ms":…,"summary":"…"}`);
 //! `current` holds the number of the current generation. Every file is written through
@@ -12,6 +12,10 @@
 //! with a garbled) metadata file counts as `trying`, and a missing or garbled `current` (or one
 //! naming a missing generation) falls back to the newest `good` generation, then the newest one
 //! not `bad`. Numbers are never reused: the next is one past the highest seen on disk.
+//!
+//! `booting` names the `trying` generation a boot is attempting (written before it can hang):
+//! if the next boot finds that generation still `trying`, it never reached `ready` and is
+//! marked `bad` ([`Store::roll_back_failed_boot`]).
 //!
 //! Owns: the files, the numbering, the states (`trying` → `good` | `bad`) and the pointer.
 //! Must not: parse or validate TOML, reconcile, or lock: the caller (the API server) serialises
@@ -31,6 +35,8 @@ use super::load::{LayerBody, LayerInput};
 pub const DIR: &str = "/var/lib/ros/config";
 /// The pointer file's name.
 const CURRENT: &str = "current";
+/// The generation the running (or last) boot tried while it was `trying`.
+const BOOTING: &str = "booting";
 
 /// Where a generation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,6 +371,33 @@ impl Store {
         Ok(())
     }
 
+    /// The boot state machine (DESIGN.md "Config"), run once at boot with the state on disk:
+    /// when the generation the previous boot was trying (the `booting` file) is still
+    /// `trying`, that boot never reached `ready`: the generation is marked `bad` and the newest
+    /// `good` one made current (none: no local layer). Returns (failed, now current).
+    pub fn roll_back_failed_boot(&mut self) -> Result<Option<(u64, Option<u64>)>, StoreError> {
+        let marker = fs::read_to_string(self.path(BOOTING)).unwrap_or_default();
+        let Ok(failed) = marker.trim().parse::<u64>() else {
+            return Ok(None);
+        };
+        if self.gens.get(&failed).map(|g| g.meta.state) != Some(GenState::Trying) {
+            return Ok(None);
+        }
+        self.set_state(failed, GenState::Bad)?;
+        let fallback = self.newest(|m| m.state == GenState::Good);
+        match fallback {
+            Some(n) => self.set_current(n)?,
+            None => self.clear_current()?,
+        }
+        Ok(Some((failed, fallback)))
+    }
+
+    /// Records that this boot tries generation `number` (before anything can hang), so the
+    /// next boot knows if it never reached `ready`.
+    pub fn mark_booting(&self, number: u64) -> Result<(), StoreError> {
+        self.write(BOOTING, &format!("{number}\n"))
+    }
+
     /// Points `current` at an existing generation (used to fall back to the previous one when
     /// applying a new one failed).
     pub fn set_current(&mut self, number: u64) -> Result<(), StoreError> {
@@ -545,6 +578,38 @@ mod tests {
         assert_eq!(input.body, LayerBody::Text("a = 1\n".into()));
         assert_eq!(s.previous_good(2).map(|g| g.number), Some(1));
         assert!(s.previous_good(1).is_none());
+    }
+
+    #[test]
+    fn a_generation_whose_boot_never_reached_ready_is_marked_bad_and_the_last_good_used() {
+        let d = tmp();
+        {
+            let mut s = open(d.path());
+            s.commit("a = 1\n", "one", GenState::Good).unwrap();
+            s.commit("a = 2\n", "two", GenState::Trying).unwrap();
+            // No marker yet: nothing to roll back; this boot tries generation 2.
+            assert_eq!(s.roll_back_failed_boot().unwrap(), None);
+            s.mark_booting(2).unwrap();
+        }
+        // The next boot: generation 2 is still trying.
+        let mut s = open(d.path());
+        assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+        assert_eq!(s.roll_back_failed_boot().unwrap(), Some((2, Some(1))));
+        assert_eq!(s.get(2).map(|g| g.meta.state), Some(GenState::Bad));
+        assert_eq!(s.boot_generation().map(|g| g.number), Some(1));
+        let s = open(d.path());
+        assert_eq!(s.current_number(), 1);
+        // A generation that reached ready (good) is left alone.
+        let mut s = open(d.path());
+        s.mark_booting(1).unwrap();
+        assert_eq!(s.roll_back_failed_boot().unwrap(), None);
+        // The first generation failing leaves no local layer.
+        let d = tmp();
+        let mut s = open(d.path());
+        s.commit("a = 1\n", "one", GenState::Trying).unwrap();
+        s.mark_booting(1).unwrap();
+        assert_eq!(s.roll_back_failed_boot().unwrap(), Some((1, None)));
+        assert!(s.current().is_none());
     }
 
     #[test]

@@ -95,13 +95,26 @@ pub struct Kernel {
 }
 
 /// `[storage]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Storage {
     /// The persistent state disk.
     pub state: StateDisk,
     /// Extra mounts, in order.
     pub mounts: Vec<Mount>,
+    /// A `trying` config generation that does not reach `ready` within this many seconds is
+    /// given up: the node reboots and the next boot marks it bad (state on disk only).
+    pub boot_timeout_s: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            state: StateDisk::default(),
+            mounts: Vec::new(),
+            boot_timeout_s: 300,
+        }
+    }
 }
 
 /// `[storage.state]`.

@@ -83,6 +83,22 @@ pub fn check(config: &Config, scope: Scope) -> Result<(), Problem> {
             "a sysctl value must be a single line".to_string()
         })?;
     }
+    let device = &config.storage.state.device;
+    ensure(
+        crate::storage::device::DeviceSpec::parse(device).is_some(),
+        &["storage", "state", "device"],
+        || format!("{device:?} is not LABEL=…, UUID=…, an absolute path or none"),
+    )?;
+    ensure(
+        config.storage.boot_timeout_s >= 10,
+        &["storage", "boot_timeout_s"],
+        || {
+            format!(
+                "{} s is too short for a boot; at least 10",
+                config.storage.boot_timeout_s
+            )
+        },
+    )?;
     for (i, m) in config.storage.mounts.iter().enumerate() {
         let path = |field: &str| Problem {
             path: vec![
@@ -96,6 +112,21 @@ pub fn check(config: &Config, scope: Scope) -> Result<(), Problem> {
         if m.source.is_empty() {
             return Err(Problem {
                 reason: "a mount needs a source".into(),
+                ..path("source")
+            });
+        }
+        if !matches!(
+            crate::storage::device::DeviceSpec::parse(&m.source),
+            Some(crate::storage::device::DeviceSpec::Label(_))
+                | Some(crate::storage::device::DeviceSpec::Uuid(_))
+                | Some(crate::storage::device::DeviceSpec::Path(_))
+        ) {
+            let reason = format!(
+                "mount source {:?} must be LABEL=…, UUID=… or an absolute path",
+                m.source
+            );
+            return Err(Problem {
+                reason,
                 ..path("source")
             });
         }
@@ -577,6 +608,28 @@ mod tests {
     #[test]
     fn default_config_passes() {
         assert_eq!(problem(|_| {}), None);
+    }
+
+    #[test]
+    fn storage_devices_and_sources_are_checked_with_their_path() {
+        assert_eq!(
+            problem(|c| c.storage.state.device = "sdb".into()).as_deref(),
+            Some("storage.state.device: \"sdb\" is not LABEL=…, UUID=…, an absolute path or none")
+        );
+        assert_eq!(problem(|c| c.storage.state.device = "none".into()), None);
+        assert_eq!(
+            problem(|c| c.storage.boot_timeout_s = 3).as_deref(),
+            Some("storage.boot_timeout_s: 3 s is too short for a boot; at least 10")
+        );
+        let m = crate::config::schema::Mount {
+            source: "data".into(),
+            target: "/data".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            problem(|c| c.storage.mounts.push(m.clone())).as_deref(),
+            Some("storage.mounts[0].source: mount source \"data\" must be LABEL=…, UUID=… or an absolute path")
+        );
     }
 
     #[test]

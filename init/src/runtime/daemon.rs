@@ -4,7 +4,7 @@
 //!
 //! Owns: [`Instance`] (system: socket `/run/ros/containerd-system.sock`, root
 //! `/var/lib/ros/containerd-system`, state `/run/ros/containerd-system`, namespace `system`;
-//! user: the standard `/run/containerd/containerd.sock`, `/var/lib/containerd`,
+//! user: the standard `/run/containerd/containerd.sock`, `/var/lib/ros/containerd-user` (on the state disk),
 //! `/run/containerd`, namespace `user`), [`render_config`] (containerd 1.7 config version 2),
 //! [`argv`], [`prepare`] (directories and the config file) and [`wait_ready`].
 //!
@@ -112,7 +112,7 @@ impl Instance {
     pub fn user() -> Self {
         Instance {
             name: InstanceName::User,
-            root: "/var/lib/containerd".into(),
+            root: "/var/lib/ros/containerd-user".into(),
             state: "/run/containerd".into(),
             socket: "/run/containerd/containerd.sock".into(),
             config_path: "/run/ros/containerd-user.toml".into(),
