@@ -179,17 +179,12 @@ impl ApiHost {
         reply: crate::api::bridge::Reply<Vec<String>>,
     ) {
         let (containers_tx, containers_rx) = oneshot::channel();
-        match fleet {
-            Some(f) if touches_containers(&plan) => {
-                f.reconcile(new.clone(), plan.clone(), containers_tx)
-            }
-            Some(_) => {
-                let _ = containers_tx.send(Ok(Vec::new()));
-            }
-            None if touches_containers(&plan) => {
+        match (fleet, touches_containers(&plan)) {
+            (Some(f), true) => f.reconcile(new.clone(), plan.clone(), containers_tx),
+            (None, true) => {
                 let _ = containers_tx.send(Err(unavailable("containers")));
             }
-            None => {
+            (_, false) => {
                 let _ = containers_tx.send(Ok(Vec::new()));
             }
         }

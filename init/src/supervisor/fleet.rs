@@ -496,25 +496,36 @@ async fn import_one(client: &Client, b: &bundled::Bundled) {
 }
 
 /// Waits until a unit is running (one-shot: exited 0). False when it failed or timed out.
-async fn settled(name: &str, mut rx: watch::Receiver<State>, oneshot: bool) -> bool {
-    let wait = rx.wait_for(|s| match s {
-        State::Starting => false,
-        State::Running { .. } => !oneshot,
-        State::Done { .. } | State::Failed => true,
-    });
-    match tokio::time::timeout(WAVE_TIMEOUT, wait).await {
-        Ok(Ok(s)) => match &*s {
-            State::Running { .. } | State::Done { ok: true } => true,
-            State::Starting | State::Done { ok: false } | State::Failed => false,
-        },
-        Ok(Err(_)) => false,
-        Err(_) => {
+async fn settled(name: &str, rx: watch::Receiver<State>, oneshot: bool) -> bool {
+    match wait_settled(rx, oneshot, WAVE_TIMEOUT).await {
+        Some(State::Running { .. } | State::Done { ok: true }) => true,
+        Some(_) => false,
+        None => {
             log::error!(
                 "{name} did not become ready within {}s; its dependents are not started",
                 WAVE_TIMEOUT.as_secs()
             );
             false
         }
+    }
+}
+
+/// Waits at most `limit` until a unit runs (a one-shot: has exited) or failed, and returns that
+/// state; a supervisor gone counts as failed; `None` when the time ran out.
+async fn wait_settled(
+    mut rx: watch::Receiver<State>,
+    oneshot: bool,
+    limit: Duration,
+) -> Option<State> {
+    let wait = rx.wait_for(|s| match s {
+        State::Starting => false,
+        State::Running { .. } => !oneshot,
+        State::Done { .. } | State::Failed => true,
+    });
+    match tokio::time::timeout(limit, wait).await {
+        Ok(Ok(s)) => Some(s.clone()),
+        Ok(Err(_)) => Some(State::Failed),
+        Err(_) => None,
     }
 }
 

@@ -103,19 +103,9 @@ async fn start_live(handle: &tokio::runtime::Handle, list: &Mutex<Vec<Unit>>, jo
     let what = format!("{} {}", kind_name(job.kind), job.name);
     let oneshot = job.container.oneshot;
     let unit = spawn_unit(handle, job);
-    let mut rx = unit.state_rx.clone();
+    let rx = unit.state_rx.clone();
     push(list, unit);
-    let outcome = {
-        let wait = rx.wait_for(|s| match s {
-            State::Starting => false,
-            State::Running { .. } => !oneshot,
-            State::Done { .. } | State::Failed => true,
-        });
-        match tokio::time::timeout(LIVE_START, wait).await {
-            Ok(Ok(s)) => Some(s.clone()),
-            _ => None,
-        }
-    };
+    let outcome = wait_settled(rx, oneshot, LIVE_START).await;
     match outcome {
         Some(State::Running { pid }) => format!("{what} started (pid {pid})"),
         Some(State::Done { ok: true }) => format!("{what} ran to completion"),
