@@ -263,6 +263,10 @@ fn the_cli_changes_the_live_node_safely() {
         .unwrap();
     vm.wait_for_console_from("ros: ready in", mark, BOOT)
         .unwrap();
+    // The API starts just after ready: wait until it answers before asking it to power off.
+    vm.poll("ros os status >/dev/null 2>&1 && echo api-up", BOOT, |o| {
+        o.contains("api-up")
+    });
     let mark = vm.console_text().len();
     vm.send("ros poweroff").unwrap();
     vm.wait_for_console_from("ros: shutdown complete", mark, Duration::from_secs(90))
