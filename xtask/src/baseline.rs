@@ -7,8 +7,13 @@
 //! choices that make the baseline "what a user would install": mmdebstrap's minbase of trixie plus
 //! [`EXTRA_PACKAGES`], the same kernel, containerd and runc .debs ros is built from ([`PINNED`],
 //! exactly as pinned in `images/packages.lock`, through `fetch`'s verified cache), networkd with
-//! DHCP on `en*`, and a `bench-first.service` that imports ros's small busybox image and starts the
-//! benchmark's first container.
+//! DHCP on `en*`, a `bench-first.service` that imports ros's small busybox image and starts the
+//! benchmark's first container, and `/bin/sh` as systemd's debug shell (the driver's root shell,
+//! `systemd.debug_shell=ttyS1`).
+//!
+//! Invariants: outputs are built in `tmp-<pid>/` and renamed into place, the stamp written last
+//! and removed before a rebuild starts, so an interrupted run never leaves a set that passes as
+//! current; a later run unmounts and deletes what an interrupted mmdebstrap left in `tmp-*/`.
 //!
 //! It must not touch ros's outputs (`build/out/` is only read: `vmlinuz` to check the tree's
 //! kernel is the same bytes, `images/syslog.oci.tar` as the small image), copy the kernel out (the
@@ -18,8 +23,9 @@
 //! Limitations: needs root (mmdebstrap `--mode=root`, chroot) and the network to deb.debian.org;
 //! the tree is not reproducible bit for bit (mmdebstrap takes the archive's current versions of
 //! everything not pinned). The stamp covers the pins, the package list, the mmdebstrap arguments,
-//! the generated files, the small image and ros's kernel, plus [`FORMAT`], which must be bumped
-//! when the steps below change in a way none of those inputs show.
+//! the generated files, mkfs's options and sizing, the small image and ros's kernel, plus
+//! [`FORMAT`], which must be bumped when the steps below change in a way none of those inputs
+//! show. Without `build/out/vmlinuz` the kernel check is skipped (and said so), not failed.
 
 use crate::apt::AptEnv;
 use crate::assemble::inputs_text;
@@ -55,6 +61,8 @@ pub const NAMESPACE: &str = "user";
 pub const FIRST_CONTAINER: &str = "first";
 /// Free space beyond the tree: the larger of a quarter of it and this.
 pub const MIN_HEADROOM: u64 = 64 << 20;
+/// What ext4 itself takes from an image of a few hundred MiB (journal, inode tables, bitmaps).
+pub const EXT4_OVERHEAD: u64 = 32 << 20;
 /// mmdebstrap's hooks that make `--include`d .deb paths visible inside the chroot.
 const AUTOMOUNT_HOOKS: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
 
@@ -333,12 +341,31 @@ pub fn archive_reference(archive: &Path) -> Result<String, BaselineError> {
     })
 }
 
-/// Size of the image for a tree of `tree_bytes`: the tree plus the larger of a quarter of it and
-/// [`MIN_HEADROOM`], rounded up to whole MiB.
-pub fn image_bytes(tree_bytes: u64) -> u64 {
-    let size = tree_bytes + (tree_bytes / 4).max(MIN_HEADROOM);
+/// Size of the image for a tree taking `allocated` bytes of blocks (`du -sB1`, not the apparent
+/// size: small files round up to whole blocks): the tree plus the larger of a quarter of it and
+/// [`MIN_HEADROOM`] left free for users (`df`'s Avail, after mke2fs's default 5% reserved for
+/// root and [`EXT4_OVERHEAD`]), rounded up to whole MiB.
+pub fn image_bytes(allocated: u64) -> u64 {
+    let usable = allocated + (allocated / 4).max(MIN_HEADROOM);
+    let size = (usable + EXT4_OVERHEAD) * 100 / 95;
     size.div_ceil(1 << 20) << 20
 }
+
+/// `du -s <args> tree`'s number.
+fn du(tree: &Path, arg: &str) -> Result<u64, BaselineError> {
+    let out = capture(Command::new("du").args(["-s", arg]).arg(tree))?;
+    out.split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| BaselineError::Command {
+            command: format!("du -s {arg} {}", tree.display()),
+            detail: format!("unexpected output `{}`", out.trim()),
+        })
+}
+
+/// `mkfs.ext4`'s options before `-d tree image`. `-T default`: below 512 MiB mke2fs would pick
+/// the `small` type (1 KiB blocks, 128-byte inodes).
+pub const MKFS_ARGS: &[&str] = &["-q", "-F", "-T", "default", "-L", HOSTNAME];
 
 /// mmdebstrap's arguments, except the .deb paths (those change with the cache's place; their
 /// hashes are in the stamp) and the target directory.
@@ -375,6 +402,13 @@ impl Inputs {
             ("format", FORMAT.to_string()),
             ("suite", format!("{SUITE} {MIRROR}")),
             ("mmdebstrap", mmdebstrap_args().join(" ")),
+            (
+                "mkfs",
+                format!(
+                    "{} headroom={MIN_HEADROOM} overhead={EXT4_OVERHEAD}",
+                    MKFS_ARGS.join(" ")
+                ),
+            ),
         ];
         for p in &self.pins {
             pairs.push(("pin", format!("{} {} {}", p.name, p.version, p.sha256)));
@@ -465,10 +499,8 @@ pub fn build(layout: &Layout, report: &mut dyn FnMut(&Step)) -> Result<Outcome, 
     let sizes = match result {
         Ok(s) => s,
         Err(e) => {
-            // Never delete through a mount an interrupted mmdebstrap left; the next run names it.
-            if has_mounts(&work)?.is_none() {
-                let _ = fs::remove_dir_all(&work);
-            }
+            // The build's error matters more; a directory left behind goes on the next run.
+            let _ = remove_work(&work);
             return Err(e);
         }
     };
@@ -476,24 +508,50 @@ pub fn build(layout: &Layout, report: &mut dyn FnMut(&Step)) -> Result<Outcome, 
         let (from, to) = (work.join(name), dir.join(name));
         fs::rename(&from, &to).map_err(io_err(&to))?;
     }
-    fs::remove_dir_all(&work).map_err(io_err(&work))?;
+    remove_work(&work)?;
     write_atomic(&stamp, stamp_text.as_bytes()).map_err(io_err(&stamp))?;
     Ok(Outcome::Built(sizes))
 }
 
-/// Mount points at or below `path` (from /proc/self/mountinfo), joined, if any.
-fn has_mounts(path: &Path) -> Result<Option<String>, BaselineError> {
+/// Mount points at or below `path` (from /proc/self/mountinfo).
+fn mounts_below(path: &Path) -> Result<Vec<PathBuf>, BaselineError> {
     let info = Path::new("/proc/self/mountinfo");
     let text = fs::read_to_string(info).map_err(io_err(info))?;
-    let mounts: Vec<&str> = text
+    Ok(text
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|m| Path::new(m).starts_with(path))
-        .collect();
-    Ok((!mounts.is_empty()).then(|| mounts.join(" ")))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(path))
+        .collect())
 }
 
-/// Deletes work directories of earlier, interrupted runs (never through a mount).
+/// Deletes a work directory of this module, first unmounting what an interrupted mmdebstrap left
+/// mounted in it (its bind mounts of the cached .debs, /proc, /dev …), deepest first; never
+/// deletes through a mount that stays.
+fn remove_work(path: &Path) -> Result<(), BaselineError> {
+    let mut mounts = mounts_below(path)?;
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in &mounts {
+        let _ = Command::new("umount").arg(m).output();
+    }
+    let left = mounts_below(path)?;
+    if !left.is_empty() {
+        return Err(BaselineError::Mounted {
+            path: path.to_owned(),
+            mounts: left
+                .iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        });
+    }
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Deletes work directories of earlier, interrupted runs.
 fn remove_stale_work(dir: &Path) -> Result<(), BaselineError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let path = entry.map_err(io_err(dir))?.path();
@@ -501,13 +559,9 @@ fn remove_stale_work(dir: &Path) -> Result<(), BaselineError> {
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("tmp-"));
-        if !is_work {
-            continue;
+        if is_work {
+            remove_work(&path)?;
         }
-        if let Some(mounts) = has_mounts(&path)? {
-            return Err(BaselineError::Mounted { path, mounts });
-        }
-        fs::remove_dir_all(&path).map_err(io_err(&path))?;
     }
     Ok(())
 }
@@ -647,16 +701,8 @@ fn build_in(
     let initrd_out = work.join(INITRD);
     fs::copy(&initrd, &initrd_out).map_err(io_err(&initrd_out))?;
 
-    let du = capture(Command::new("du").arg("-sb").arg(&tree))?;
-    let tree_bytes = du
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(|| BaselineError::Command {
-            command: format!("du -sb {}", tree.display()),
-            detail: format!("unexpected output `{}`", du.trim()),
-        })?;
-    let img_bytes = image_bytes(tree_bytes);
+    let tree_bytes = du(&tree, "-b")?;
+    let img_bytes = image_bytes(du(&tree, "-B1")?);
     report(&Step::Mkfs {
         tree_bytes,
         image_bytes: img_bytes,
@@ -665,15 +711,12 @@ fn build_in(
     let file = fs::File::create(&img).map_err(io_err(&img))?;
     file.set_len(img_bytes).map_err(io_err(&img))?;
     drop(file);
-    // `-T default`: below 512 MiB mke2fs would pick the `small` type (1 KiB blocks).
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-T", "default", "-L", HOSTNAME, "-d"])
+        .args(MKFS_ARGS)
+        .arg("-d")
         .arg(&tree)
         .arg(&img))?;
-    if let Some(mounts) = has_mounts(&tree)? {
-        return Err(BaselineError::Mounted { path: tree, mounts });
-    }
-    fs::remove_dir_all(&tree).map_err(io_err(&tree))?;
+    remove_work(&tree)?;
 
     let sizes = Sizes {
         initrd_bytes: fs::metadata(&initrd_out)
@@ -828,10 +871,16 @@ mod tests {
     #[test]
     fn image_has_headroom_rounded_to_mib() {
         const MIB: u64 = 1 << 20;
-        assert_eq!(image_bytes(100 * MIB), 164 * MIB);
-        assert_eq!(image_bytes(400 * MIB), 500 * MIB);
-        assert_eq!(image_bytes(400 * MIB + 1) % MIB, 0);
-        assert!(image_bytes(400 * MIB + 1) >= 500 * MIB);
+        // Small trees get MIN_HEADROOM, large ones a quarter; both after 5% reserved and overhead.
+        assert_eq!(
+            image_bytes(100 * MIB),
+            ((164 * MIB + EXT4_OVERHEAD) * 100 / 95).div_ceil(MIB) * MIB
+        );
+        assert_eq!(image_bytes(380 * MIB), 534 * MIB);
+        assert_eq!(image_bytes(380 * MIB + 1) % MIB, 0);
+        let free = |alloc: u64| image_bytes(alloc) * 95 / 100 - EXT4_OVERHEAD - alloc;
+        assert!(free(363 * MIB) >= (363 * MIB) / 4);
+        assert!(free(10 * MIB) >= MIN_HEADROOM);
     }
 
     #[test]
