@@ -27,6 +27,7 @@ PREREQS=(
   "htpasswd:apache2-utils"
   "socat:socat"
   "sfdisk:fdisk"
+  "mmdebstrap:mmdebstrap"
 )
 
 ensure_prereqs() {

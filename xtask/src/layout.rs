@@ -74,6 +74,10 @@ impl Layout {
     pub fn stamps(&self) -> PathBuf {
         self.build().join("stamps")
     }
+    /// The Debian baseline image the benchmark compares ros with (`baseline`).
+    pub fn baseline(&self) -> PathBuf {
+        self.build().join("bench").join("baseline")
+    }
     pub fn out(&self) -> PathBuf {
         self.build().join("out")
     }

@@ -5,12 +5,14 @@
 //! `system` (containerd, runc and their `elf` library closure, resolved in the packages' merged
 //! `tree`, plus those archives, packed as `system.erofs`), `modules` and `assemble` (the kernel and
 //! the initramfs: a `cpio` segment holding `system.erofs`, then the zstd one) in `build/out/`.
-//! `hostctr` runs the image's containerd on the build host for integration tests. Every path is
+//! `hostctr` runs the image's containerd on the build host for integration tests; `baseline`
+//! builds the Debian trixie + systemd + containerd image ros is benchmarked against. Every path is
 //! passed in (see `layout`), so tests can point each layer at a temporary directory. Nothing here
 //! prints or uses `anyhow`; `main.rs` does both.
 
 pub mod apt;
 pub mod assemble;
+pub mod baseline;
 pub mod cpio;
 pub mod elf;
 pub mod fetch;

@@ -1,4 +1,4 @@
-//! `cargo xtask`: the command line of the image build (`build`, `relock`, `run`).
+//! `cargo xtask`: the command line of the image build (`build`, `relock`, `run`, `baseline`).
 //!
 //! Owns argument parsing, the order of the build steps and everything printed on the terminal.
 //! It must not contain build logic of its own: fetching, locking and assembling live in the
@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 use xtask::apt::AptEnv;
 use xtask::assemble::{self, InitrdPlan, Outcome};
+use xtask::baseline;
 use xtask::fetch::{self, DebCache, Event};
 use xtask::layout::Layout;
 use xtask::lock::{Lock, LockedPackage, Manifest, Role};
@@ -38,6 +39,9 @@ enum Cmd {
     Relock,
     /// Boot the image in QEMU.
     Run(RunArgs),
+    /// Build the benchmark's Debian trixie + systemd + containerd image in build/bench/baseline/
+    /// (rootfs.img, initrd.img, sizes.toml; needs root and build/out from `cargo xtask build`).
+    Baseline,
 }
 
 #[derive(Args)]
@@ -68,6 +72,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Build(args) => build(args),
         Cmd::Relock => relock(),
         Cmd::Run(args) => run::main(args.args),
+        Cmd::Baseline => baseline(),
     }
 }
 
@@ -256,5 +261,32 @@ fn relock() -> Result<()> {
     }
     new.write(&lock_path)?;
     println!("wrote {}", layout.display(&lock_path));
+    Ok(())
+}
+
+fn baseline() -> Result<()> {
+    let started = Instant::now();
+    let layout = Layout::discover();
+    let dir = layout.baseline();
+    let outcome = baseline::build(&layout, &mut |step| println!("  {step}"))
+        .with_context(|| format!("building {}", layout.display(&dir)))?;
+    let (sizes, verb) = match outcome {
+        baseline::Outcome::UpToDate(s) => {
+            println!("baseline up to date (inputs unchanged)");
+            (s, "unchanged")
+        }
+        baseline::Outcome::Built(s) => (s, "built"),
+    };
+    println!(
+        "{}: {} {} (tree {}), {} {}; {} in {:.1}s",
+        layout.display(&dir),
+        baseline::ROOTFS,
+        human_size(sizes.rootfs_img_bytes),
+        human_size(sizes.rootfs_tree_bytes),
+        baseline::INITRD,
+        human_size(sizes.initrd_bytes),
+        verb,
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
