@@ -138,6 +138,8 @@ pub fn boot(
             vm.wait_ready(BOOT_TIMEOUT)?;
         }
         System::Baseline => {
+            // QEMU has made the debug shell's socket by the time the kernel prints anything.
+            vm.wait_for_console("Linux version", BOOT_TIMEOUT)?;
             let (_, state) = vm.exec("systemctl is-system-running --wait", BOOT_TIMEOUT)?;
             if state.trim() != "running" {
                 let failed = vm
@@ -203,7 +205,8 @@ impl Booted {
     }
 
     pub fn milestones(&mut self) -> Result<Milestones> {
-        let dmesg = self.run("dmesg")?;
+        // Piped: on a tty (the debug shell is one) util-linux dmesg colours its output.
+        let dmesg = self.run("dmesg | cat")?;
         let kmsg = |needle: &str| probe::kmsg_time(&dmesg, needle);
         let userspace = self.found(kmsg("Run /init as init process"), "Run /init", &dmesg)?;
         match self.system {
@@ -280,9 +283,19 @@ impl Booted {
         Ok(t.elapsed().as_secs_f64() * 1e3)
     }
 
+    /// Untimed setup of the sysctl row: a minimal Debian has no /etc/sysctl.d until a
+    /// package ships one.
+    pub fn prepare_sysctl(&mut self) -> Result<()> {
+        if self.system == System::Baseline {
+            self.run("mkdir -p /etc/sysctl.d")?;
+        }
+        Ok(())
+    }
+
     /// A persistent sysctl change, until the kernel shows it: `ros config set` on ros; on the
-    /// baseline, a sysctl.d drop-in and `systemctl restart systemd-sysctl` (what applies it
-    /// there, and what survives a reboot like the ros change does).
+    /// baseline, a sysctl.d drop-in applied by systemd-sysctl (what applies it at boot, so it
+    /// survives a reboot like the ros change does). The binary, not `systemctl restart`: the
+    /// unit's start limit (5 in 10 s) refuses a loop of restarts.
     pub fn sysctl_cmd(&self, swappiness: u32) -> String {
         let wait =
             format!("until [ \"$(cat /proc/sys/vm/swappiness)\" = {swappiness} ]; do :; done");
@@ -292,7 +305,7 @@ impl Booted {
             }
             System::Baseline => format!(
                 "echo 'vm.swappiness = {swappiness}' > /etc/sysctl.d/90-bench.conf && \
-                 systemctl restart systemd-sysctl && {wait}"
+                 /usr/lib/systemd/systemd-sysctl && {wait}"
             ),
         }
     }

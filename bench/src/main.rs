@@ -198,6 +198,7 @@ fn latencies(b: &mut Booted, args: &Args, results: &mut Results) -> Result<()> {
         sys,
         stats::percentile(&shell, 50.0).unwrap_or(f64::NAN),
     )?;
+    b.prepare_sysctl()?;
     let mut sets = Vec::with_capacity(args.sets);
     for i in 0..args.sets {
         // Consecutive values differ, so each set is a real change.
