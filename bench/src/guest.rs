@@ -47,6 +47,27 @@ pub type Result<T> = std::result::Result<T, GuestError>;
 pub struct Images {
     pub out: PathBuf,
     pub baseline: PathBuf,
+    /// How ros boots: the system image on a disk (an install) or inside the initramfs.
+    pub ros_layout: RosLayout,
+}
+
+/// Where ros's system image (system.erofs) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RosLayout {
+    /// `initrd-disk.img`, with system.erofs attached as a virtio disk, as on an installed node.
+    Disk,
+    /// `initrd.img` carrying system.erofs, held in RAM (netboot, `scripts/run`).
+    Initramfs,
+}
+
+impl Images {
+    /// The initramfs ros boots with.
+    pub fn ros_initrd(&self) -> PathBuf {
+        match self.ros_layout {
+            RosLayout::Disk => self.out.join("initrd-disk.img"),
+            RosLayout::Initramfs => self.out.join("initrd.img"),
+        }
+    }
 }
 
 impl Default for Images {
@@ -55,6 +76,7 @@ impl Default for Images {
         Images {
             out: root.join("build/out"),
             baseline: root.join("build/bench/baseline"),
+            ros_layout: RosLayout::Disk,
         }
     }
 }
@@ -96,31 +118,20 @@ pub fn boot(
     let mut scratch = None;
     match system {
         System::Ros => {
-            opts.initrd = require(out.join("initrd.img"), "run `cargo xtask build`")?;
+            opts.initrd = require(images.ros_initrd(), "run `cargo xtask build`")?;
             opts.config = ros_config.map(Path::to_path_buf);
+            if images.ros_layout == RosLayout::Disk {
+                let image = require(out.join("system.erofs"), "run `cargo xtask build`")?;
+                let (dir, disk) = scratch_copy(system, &image)?;
+                opts.disks = vec![disk];
+                scratch = Some(dir);
+            }
         }
         System::Baseline => {
             let b = &images.baseline;
             opts.initrd = require(b.join("initrd.img"), "run `cargo xtask baseline`")?;
             let image = require(b.join("rootfs.img"), "run `cargo xtask baseline`")?;
-            // Every boot starts from the pristine disk: a scratch sparse copy.
-            let dir = tempfile::Builder::new()
-                .prefix("ros-bench-")
-                .tempdir()
-                .map_err(|source| io(system, "scratch dir", source))?;
-            let disk = dir.path().join("rootfs.img");
-            let st = std::process::Command::new("cp")
-                .args(["--sparse=always"])
-                .arg(&image)
-                .arg(&disk)
-                .status()
-                .map_err(|source| io(system, "cp rootfs.img", source))?;
-            if !st.success() {
-                return Err(GuestError::Failed {
-                    system: system.name(),
-                    what: format!("copying {} failed ({st})", image.display()),
-                });
-            }
+            let (dir, disk) = scratch_copy(system, &image)?;
             opts.disks = vec![disk];
             opts.debug_shell = false;
             opts.append = vec![
@@ -161,6 +172,30 @@ pub fn boot(
     })
 }
 
+/// Every boot starts from the pristine disk (and no two VMs share a writable file): a sparse
+/// copy in a scratch directory that lives as long as the VM.
+fn scratch_copy(system: System, image: &Path) -> Result<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::Builder::new()
+        .prefix("ros-bench-")
+        .tempdir()
+        .map_err(|source| io(system, "scratch dir", source))?;
+    let name = image.file_name().unwrap_or_default();
+    let disk = dir.path().join(name);
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(image)
+        .arg(&disk)
+        .status()
+        .map_err(|source| io(system, &format!("cp {}", image.display()), source))?;
+    if !st.success() {
+        return Err(GuestError::Failed {
+            system: system.name(),
+            what: format!("copying {} failed ({st})", image.display()),
+        });
+    }
+    Ok((dir, disk))
+}
+
 fn io(system: System, what: &str, source: std::io::Error) -> GuestError {
     GuestError::Io {
         system: system.name(),
@@ -184,6 +219,8 @@ pub struct Milestones {
 pub struct Memory {
     pub pid1: u64,
     pub containerd: u64,
+    /// Proportional set size: pages the daemons share (their binary) counted once in all.
+    pub containerd_pss: u64,
     pub used: u64,
 }
 
@@ -261,12 +298,14 @@ impl Booted {
         // `read` is a builtin: no process per /proc entry to skew what is measured.
         let ctrd = self.run(
             "for d in /proc/[0-9]*; do read -r c < $d/comm 2>/dev/null && \
-             [ \"$c\" = containerd ] && grep VmRSS $d/status; done; true",
+             [ \"$c\" = containerd ] && grep VmRSS $d/status && grep '^Pss:' $d/smaps_rollup; \
+             done; true",
         )?;
         let meminfo = self.run("cat /proc/meminfo")?;
         Ok(Memory {
-            pid1: self.found(probe::rss_kib_sum(&pid1), "VmRSS of PID 1", &pid1)?,
-            containerd: self.found(probe::rss_kib_sum(&ctrd), "containerd VmRSS", &ctrd)?,
+            pid1: self.found(probe::kib_sum(&pid1, "VmRSS"), "VmRSS of PID 1", &pid1)?,
+            containerd: self.found(probe::kib_sum(&ctrd, "VmRSS"), "containerd VmRSS", &ctrd)?,
+            containerd_pss: self.found(probe::kib_sum(&ctrd, "Pss"), "containerd Pss", &ctrd)?,
             used: self.found(probe::used_kib(&meminfo), "MemAvailable", &meminfo)?,
         })
     }

@@ -13,7 +13,7 @@ mod stats;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, ValueEnum};
-use guest::{Booted, Images};
+use guest::{Booted, Images, RosLayout};
 use report::{Context, Results, System};
 use std::path::{Path, PathBuf};
 
@@ -41,6 +41,10 @@ struct Args {
     /// QEMU accelerator: tcg (default) or kvm.
     #[arg(long, default_value = "tcg")]
     accel: String,
+    /// Boot ros with its system image inside the initramfs (held in RAM, as `scripts/run`
+    /// does) instead of on a disk as an installed node has it.
+    #[arg(long)]
+    ros_initramfs: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,7 +72,14 @@ fn run(args: Args) -> Result<()> {
         Some(Only::Baseline) => vec![System::Baseline],
         None => vec![System::Ros, System::Baseline],
     };
-    let images = Images::default();
+    let images = Images {
+        ros_layout: if args.ros_initramfs {
+            RosLayout::Initramfs
+        } else {
+            RosLayout::Disk
+        },
+        ..Images::default()
+    };
     let mut results = Results::default();
     for &sys in &systems {
         measure(sys, &args, &images, &mut results)?;
@@ -86,6 +97,16 @@ fn run(args: Args) -> Result<()> {
                 .next()
                 .unwrap_or("?"),
             args.accel.to_uppercase()
+        ),
+        layout: format!(
+            "Both boot the same kernel (build/out/vmlinuz, Debian's cloud kernel) and run the \
+             same containerd and runc; ros {}, the baseline from its ext4 root on a virtio disk \
+             with Debian's initramfs.",
+            match images.ros_layout {
+                RosLayout::Disk =>
+                    "with initrd-disk.img and its system image (system.erofs) on a virtio disk",
+                RosLayout::Initramfs => "with initrd.img, its system image inside (held in RAM)",
+            }
         ),
     };
     write_reports(&args.out, &results, &ctx)?;
@@ -119,13 +140,14 @@ fn measure(sys: System, args: &Args, images: &Images, results: &mut Results) -> 
             ("boot.ready", ms.ready),
             ("mem.pid1", mem.pid1 as f64 / 1024.0),
             ("mem.containerd", mem.containerd as f64 / 1024.0),
+            ("mem.containerd.pss", mem.containerd_pss as f64 / 1024.0),
             ("mem.used", mem.used as f64 / 1024.0),
         ] {
             add(results, k, sys, v)?;
         }
         println!(
             "[{} {run}/{}] ready {:.2}s after kernel start (wall {:.1}s): init {:.2}s, containerd {:.2}s, \
-             first container {:.2}s; PID 1 {:.1} MiB, containerd {:.1} MiB, used {:.1} MiB",
+             first container {:.2}s; PID 1 {:.1} MiB, containerd {:.1} MiB (PSS {:.1}), used {:.1} MiB",
             sys.name(),
             args.runs,
             ms.ready,
@@ -135,6 +157,7 @@ fn measure(sys: System, args: &Args, images: &Images, results: &mut Results) -> 
             ms.first_container,
             mem.pid1 as f64 / 1024.0,
             mem.containerd as f64 / 1024.0,
+            mem.containerd_pss as f64 / 1024.0,
             mem.used as f64 / 1024.0,
         );
         if run == 1 {
@@ -161,9 +184,13 @@ fn sizes(sys: System, images: &Images, results: &mut Results) -> Result<()> {
     let kernel = len(&images.out.join("vmlinuz"))?;
     let (boot, rootfs, total) = match sys {
         System::Ros => {
-            // The system image travels inside the initramfs.
-            let boot = kernel + len(&images.out.join("initrd.img"))?;
-            (boot, len(&images.out.join("system.erofs"))?, boot)
+            let boot = kernel + len(&images.ros_initrd())?;
+            let system = len(&images.out.join("system.erofs"))?;
+            match images.ros_layout {
+                RosLayout::Disk => (boot, system, boot + system),
+                // The system image travels inside the initramfs.
+                RosLayout::Initramfs => (boot, system, boot),
+            }
         }
         System::Baseline => {
             let boot = kernel + len(&images.baseline.join("initrd.img"))?;

@@ -38,11 +38,12 @@ pub fn used_kib(meminfo: &str) -> Option<u64> {
     total.checked_sub(avail)
 }
 
-/// Sum of every `VmRSS:` line in `text` (one per process), in KiB; None when there is none.
-pub fn rss_kib_sum(text: &str) -> Option<u64> {
+/// Sum of every `KEY:` line in `text` (one per process: `VmRSS:` from status, `Pss:` from
+/// smaps_rollup), in KiB; None when there is none.
+pub fn kib_sum(text: &str, key: &str) -> Option<u64> {
     let values: Vec<u64> = text
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("VmRSS:"))
+        .filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':'))
         .filter_map(|v| v.split_whitespace().next()?.parse().ok())
         .collect();
     (!values.is_empty()).then(|| values.iter().sum())
@@ -97,8 +98,10 @@ mod tests {
         assert_eq!(used_kib(mi), Some(250000));
         assert_eq!(used_kib("MemTotal: 5 kB\n"), None);
         let rss = "VmRSS:\t   13364 kB\nVmRSS:\t  100 kB\nVmHWM: 1 kB\n";
-        assert_eq!(rss_kib_sum(rss), Some(13464));
-        assert_eq!(rss_kib_sum(""), None);
+        assert_eq!(kib_sum(rss, "VmRSS"), Some(13464));
+        assert_eq!(kib_sum("", "VmRSS"), None);
+        let smaps = "Rss:  51596 kB\nPss:  34873 kB\nPss_Anon:  16324 kB\nPss: 100 kB\n";
+        assert_eq!(kib_sum(smaps, "Pss"), Some(34973));
     }
 
     #[test]

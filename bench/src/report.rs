@@ -62,6 +62,11 @@ pub const METRICS: &[Metric] = &[
         "MiB",
     ),
     m(
+        "mem.containerd.pss",
+        "containerd proportional memory after ready (PSS: shared pages counted once)",
+        "MiB",
+    ),
+    m(
         "mem.used",
         "used memory after ready (MemTotal − MemAvailable)",
         "MiB",
@@ -176,6 +181,8 @@ pub struct Context {
     pub workloads: usize,
     pub sets: usize,
     pub qemu: String,
+    /// How each system boots, one sentence.
+    pub layout: String,
 }
 
 /// The markdown table (also printed on the terminal and quoted in the README).
@@ -203,7 +210,7 @@ pub fn table(results: &Results, workloads: usize) -> String {
 pub fn markdown(results: &Results, ctx: &Context) -> String {
     format!(
         "# ros benchmark\n\n\
-         Measured {date} on {machine}; QEMU {qemu}.\n\
+         Measured {date} on {machine}; QEMU {qemu}. {layout}\n\
          Boot rows: median (min–max) of {runs} boot(s) per system, seconds since kernel start \
          (guest clock). Latency rows: host-timed through the guest's serial shell; sysctl over \
          {sets} sets, listing over {sets} calls with {workloads} workloads. Ratio below 1: ros \
@@ -211,6 +218,7 @@ pub fn markdown(results: &Results, ctx: &Context) -> String {
         date = ctx.date,
         machine = ctx.machine,
         qemu = ctx.qemu,
+        layout = ctx.layout,
         runs = ctx.runs,
         sets = ctx.sets,
         workloads = ctx.workloads,
