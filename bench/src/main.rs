@@ -95,7 +95,8 @@ fn run(args: Args) -> Result<()> {
             command_line("qemu-system-x86_64", &["--version"])
                 .lines()
                 .next()
-                .unwrap_or("?"),
+                .unwrap_or("?")
+                .replace("QEMU emulator version ", ""),
             args.accel.to_uppercase()
         ),
         layout: format!(
