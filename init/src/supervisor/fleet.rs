@@ -60,6 +60,32 @@ const STOP_MARGIN: Duration = Duration::from_secs(10);
 /// second one then finds the image present.
 static IMAGE_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Containers being created or started at once: two per CPU. Each start is a shim and a runc
+/// (Go processes, a few MiB each) forked at once; 100 workloads started together on 2 vCPUs
+/// thrashed the node for minutes (the debug shell did not answer `ctr task ls` in 120 s), while
+/// queued starts keep it responsive and finish no later.
+fn start_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new(2 * cpus)
+    })
+}
+
+/// Waits for a start slot; `Err(())` when a stop was requested meanwhile. (`Ok(None)` cannot
+/// happen: the semaphore is never closed; it would mean "start without a slot".)
+async fn start_slot(
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Option<tokio::sync::SemaphorePermit<'static>>, ()> {
+    if *stop.borrow() {
+        return Err(());
+    }
+    tokio::select! {
+        p = start_slots().acquire() => Ok(p.ok()),
+        _ = stop.changed() => Err(()),
+    }
+}
+
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Service => "service",
@@ -346,7 +372,8 @@ impl Fleet {
             let mut admitted = 0usize;
             let mut imported: BTreeSet<std::path::PathBuf> = BTreeSet::new();
             let mut failed: BTreeSet<String> = BTreeSet::new();
-            for wave in waves {
+            let last = waves.len().saturating_sub(1);
+            for (i, wave) in waves.into_iter().enumerate() {
                 let mut started = Vec::new();
                 for name in wave {
                     let Some(c) = enabled.get(&name) else { continue };
@@ -373,6 +400,10 @@ impl Fleet {
                     if let Ok(mut u) = units.lock() {
                         u.push(unit);
                     }
+                }
+                // Nothing depends on the last wave: its units are left to their supervisors.
+                if i == last {
+                    break;
                 }
                 for (name, oneshot, rx) in started {
                     if !settled(&name, rx, oneshot).await {
@@ -745,7 +776,12 @@ async fn supervise(
         Some(name) => job.image = name,
         None => return,
     }
-    let stop_signal = match create(&job, &client).await {
+    let Ok(slot) = start_slot(&mut stop).await else {
+        return;
+    };
+    let created = create(&job, &client).await;
+    drop(slot);
+    let stop_signal = match created {
         Ok(s) => s,
         Err(e) => {
             kmsg::console(&format!("{what}: not started: {e}"));
@@ -772,6 +808,12 @@ async fn supervise(
                 .map_err(|e| log::error!("{what}: log: {e}"))
                 .ok()
         });
+        let Ok(slot) = start_slot(&mut stop).await else {
+            if let Some(l) = logs {
+                tokio::spawn(l.finished());
+            }
+            return;
+        };
         let started = Instant::now();
         let network = attach(&what, &job).await;
         // A failed attach undid itself: nothing to detach then.
@@ -783,6 +825,7 @@ async fn supervise(
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e),
         };
+        drop(slot);
         let status = match start {
             Ok(pid) => {
                 kmsg::console(&format!("{what} started (pid {pid})"));
