@@ -136,7 +136,10 @@ mod tests {
         assert!(config.services.values().all(|s| s.privileged));
         // The console's CLI is the host's binary, read-only.
         let m = config.services["console"].mounts.last().unwrap();
-        assert_eq!((m.source.as_str(), m.target.as_str()), ("/init", "/usr/bin/ros"));
+        assert_eq!(
+            (m.source.as_str(), m.target.as_str()),
+            ("/init", "/usr/bin/ros")
+        );
         assert!(m.read_only);
         assert_eq!(fallback().services, config.services);
     }
