@@ -22,6 +22,9 @@ pub struct VmOptions {
     pub cpus: u32,
     /// Disk images; the format (qcow2 or raw) is detected.
     pub disks: Vec<PathBuf>,
+    /// Disk images attached `readonly=on` after `disks` (the system image of
+    /// `initrd-disk.img`).
+    pub readonly_disks: Vec<PathBuf>,
     /// QEMU `-nic` specs; empty means one user-mode NIC.
     pub nics: Vec<String>,
     /// Lift `restrict=on` from user networking.
@@ -47,6 +50,7 @@ impl Default for VmOptions {
             mem_mib: 1024,
             cpus: 2,
             disks: Vec::new(),
+            readonly_disks: Vec::new(),
             nics: Vec::new(),
             internet: false,
             accel: "tcg".into(),
@@ -155,6 +159,13 @@ pub fn command(opts: &VmOptions, shell_socket: &Path) -> Command {
     for disk in &opts.disks {
         cmd.arg("-drive").arg(format!(
             "file={},format={},if=virtio",
+            disk.display(),
+            disk_format(disk)
+        ));
+    }
+    for disk in &opts.readonly_disks {
+        cmd.arg("-drive").arg(format!(
+            "file={},format={},if=virtio,readonly=on",
             disk.display(),
             disk_format(disk)
         ));

@@ -421,6 +421,12 @@ pub fn concat_initrd(
     Ok(segment)
 }
 
+/// The zstd main cpio (`build/initrd-main.cpio.zst`), current once [`initrd`] returned; also the
+/// tail of `initrd-disk.img` (`diskinitrd`).
+pub fn main_cpio(layout: &Layout) -> PathBuf {
+    layout.build().join("initrd-main.cpio.zst")
+}
+
 /// Builds `build/out/initrd.img` unless its stamp says the inputs are unchanged.
 pub fn initrd(layout: &Layout, plan: &InitrdPlan) -> Result<InitrdReport, AssembleError> {
     if !(1..=19).contains(&plan.zstd_level) {
@@ -449,7 +455,7 @@ pub fn initrd(layout: &Layout, plan: &InitrdPlan) -> Result<InitrdReport, Assemb
     let staging = layout.staging();
     let mut staged = stage(&staging, plan, &kver, &moddir, &full)?;
     fs::create_dir_all(layout.out()).map_err(io_err(&layout.out()))?;
-    let packed = layout.build().join("initrd-main.cpio.zst");
+    let packed = main_cpio(layout);
     let (entries, files, unpacked) = pack(&staging, &packed, plan.zstd_level, plan.epoch)?;
     let system_segment = concat_initrd(&out, plan.system, &packed, plan.epoch)?;
     staged.entries = entries;

@@ -14,6 +14,7 @@ use std::time::Instant;
 use xtask::apt::AptEnv;
 use xtask::assemble::{self, InitrdPlan, Outcome};
 use xtask::baseline;
+use xtask::diskinitrd;
 use xtask::fetch::{self, DebCache, Event};
 use xtask::layout::Layout;
 use xtask::lock::{Lock, LockedPackage, Manifest, Role};
@@ -33,7 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Assemble build/out/{vmlinuz,initrd.img,system.erofs,images/*.oci.tar} (only what changed).
+    /// Assemble build/out/{vmlinuz,initrd.img,initrd-disk.img,system.erofs,images/*.oci.tar}
+    /// (only what changed).
     Build(BuildArgs),
     /// Resolve images/packages.toml against Debian trixie's index and rewrite images/packages.lock.
     Relock,
@@ -207,7 +209,7 @@ fn build(args: BuildArgs) -> Result<()> {
         version,
         epoch,
         zstd_level,
-        tool,
+        tool: tool.clone(),
         system: Some(&s.path),
     };
     let packing = Instant::now();
@@ -219,6 +221,18 @@ fn build(args: BuildArgs) -> Result<()> {
             i.describe(&layout),
             packing.elapsed().as_secs_f64()
         ),
+    }
+    // The same main cpio without the system image, for a node with it on a disk.
+    let d = diskinitrd::build(
+        &layout,
+        &s.path,
+        &assemble::main_cpio(&layout),
+        epoch,
+        &tool,
+    )?;
+    match d.outcome {
+        Outcome::UpToDate => println!("{} (up to date, inputs unchanged)", d.describe(&layout)),
+        Outcome::Built => println!("{}", d.describe(&layout)),
     }
     println!("done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())

@@ -16,4 +16,5 @@ pub mod pid1;
 pub mod state_storage;
 pub mod switch_root;
 pub mod sys;
+pub mod sysdisk;
 pub mod sysimage;

@@ -194,14 +194,12 @@ struct Runtime {
 fn start_runtime(
     config: &Config,
     reaper: &Arc<Reaper<Owner>>,
-    image: Result<std::path::PathBuf, sysimage::SysImageError>,
+    image: Result<sysimage::Mounted, sysimage::SysImageError>,
 ) -> Option<Runtime> {
     match image {
-        Ok(dev) => log::info!(
-            "system image on {} mounted at {}",
-            dev.display(),
-            sysimage::MOUNT_POINT
-        ),
+        // Found on a disk by its UUID: which disk is worth a console line.
+        Ok(m) if m.uuid.is_some() => kmsg::console(&m.to_string()),
+        Ok(m) => log::info!("{m}"),
         Err(e) => {
             log::error!("{e}; no containers on this boot");
             return None;

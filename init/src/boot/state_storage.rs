@@ -22,7 +22,7 @@ use crate::supervisor::fleet;
 use crate::supervisor::reaper::{Reaped, Reaper};
 use crate::supervisor::Owner;
 use nix::mount::MsFlags;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub fn setup(
     cmdline: &Cmdline,
     reaper: &Arc<Reaper<Owner>>,
     reap: &mut dyn FnMut(Vec<Reaped<Owner>>),
-) -> (Result<PathBuf, sysimage::SysImageError>, bool) {
+) -> (Result<sysimage::Mounted, sysimage::SysImageError>, bool) {
     let image = sysimage::mount();
     // [storage.state] from the layers that do not live on the state disk.
     let pre = crate::config::load(config_sources::inputs(cmdline)).config;

@@ -10,8 +10,11 @@
 //! ros does not know still makes the device non-blank (the zero test), and the recognised
 //! ones name what was found in the refusal.
 //!
-//! Must not: write anything. Limitations: labels and UUIDs are read for ext2/3/4 only (the
-//! state disk is ext4; other filesystems are found by path).
+//! Also reads the UUID of an erofs superblock ([`erofs_uuid`]): PID 1 finds the system image
+//! on a disk by it (`boot::sysdisk`).
+//!
+//! Must not: write anything. Limitations: labels and UUIDs are read for ext2/3/4 only, plus the
+//! erofs UUID (the state disk is ext4; other filesystems are found by path).
 
 use std::fmt;
 use std::fs::File;
@@ -54,6 +57,9 @@ impl fmt::Display for Finding {
         match self {
             Finding::Ext { fstype, label, .. } if label.is_empty() => write!(f, "{fstype}"),
             Finding::Ext { fstype, label, .. } => write!(f, "{fstype} (LABEL={label})"),
+            Finding::Filesystem(t) if t.starts_with(['a', 'e', 'i', 'o', 'u', 'x']) => {
+                write!(f, "an {t} filesystem")
+            }
             Finding::Filesystem(t) => write!(f, "a {t} filesystem"),
             Finding::Mbr => write!(f, "an MBR partition table or boot sector"),
             Finding::Gpt => write!(f, "a GPT partition table"),
@@ -161,6 +167,30 @@ fn ext(head: &[u8]) -> Option<Finding> {
     })
 }
 
+/// Where an erofs superblock starts (`EROFS_SUPER_OFFSET`, erofs-utils `include/erofs_fs.h`).
+pub const EROFS_SB_OFFSET: usize = 1024;
+/// `EROFS_SUPER_MAGIC_V1`, little-endian at [`EROFS_SB_OFFSET`].
+pub const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
+/// Offset of `uuid[16]` in `struct erofs_super_block` (after magic, checksum, feature_compat,
+/// blkszbits, sb_extslots, root_nid, inos, build_time, build_time_nsec, blocks,
+/// meta_blkaddr, xattr_blkaddr).
+const EROFS_UUID_AT: usize = 48;
+/// How many bytes of a device [`erofs_uuid`] needs.
+pub const EROFS_HEAD: usize = EROFS_SB_OFFSET + EROFS_UUID_AT + 16;
+
+/// The UUID (lowercase with dashes) of the erofs filesystem whose superblock is in `head` (the
+/// first [`EROFS_HEAD`] or more bytes of a device), or `None` when there is no erofs magic.
+pub fn erofs_uuid(head: &[u8]) -> Option<String> {
+    if head.len() < EROFS_HEAD || le32(head, EROFS_SB_OFFSET) != EROFS_MAGIC {
+        return None;
+    }
+    Some(uuid_text(bytes_at(
+        head,
+        EROFS_SB_OFFSET + EROFS_UUID_AT,
+        16,
+    )))
+}
+
 const MD_MAGIC: u32 = 0xa92b_4efc;
 
 /// Finds every recognised signature in `head` (the first [`EDGE`] bytes, or fewer for a small
@@ -177,7 +207,7 @@ pub fn findings(head: &[u8], tail: &[u8], tail_start: u64, size: u64) -> Vec<Fin
     if bytes_at(head, 0x52, 5) == b"FAT32" || bytes_at(head, 0x36, 5) == b"FAT16" {
         out.push(Finding::Filesystem("vfat"));
     }
-    if bytes_at(head, 0x400, 4) == [0xe2, 0xe1, 0xf5, 0xe0] {
+    if le32(head, EROFS_SB_OFFSET) == EROFS_MAGIC {
         out.push(Finding::Filesystem("erofs"));
     }
     if bytes_at(head, 0, 4) == [0x68, 0x73, 0x71, 0x73] {
@@ -236,6 +266,14 @@ pub fn findings(head: &[u8], tail: &[u8], tail_start: u64, size: u64) -> Vec<Fin
         }
     }
     out
+}
+
+/// Reads the first `len` bytes of `path` (fewer when it is smaller): enough for a superblock,
+/// without [`probe`]'s two MiB.
+pub fn read_head(path: &Path, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(len);
+    File::open(path)?.take(len as u64).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// Reads the edges of `path` (a block device or an image file) and reports what it carries.
@@ -338,6 +376,60 @@ mod tests {
         sb.extend(0u32.to_le_bytes());
         write_at(&p, (size & !65535) - 65536, &sb);
         assert_eq!(probe(&p).unwrap().findings, [Finding::Md("0.90")]);
+    }
+
+    /// A superblock as erofs-utils writes it: magic at 1024, `uuid[16]` at 1024 + 48.
+    fn erofs_head(uuid: [u8; 16]) -> Vec<u8> {
+        let mut head = vec![0u8; 4096];
+        head[1024..1028].copy_from_slice(&EROFS_MAGIC.to_le_bytes());
+        head[1024 + 12] = 12; // blkszbits
+        head[1024 + 48..1024 + 64].copy_from_slice(&uuid);
+        head
+    }
+
+    #[test]
+    fn erofs_uuid_is_read_from_the_superblock_and_needs_the_magic() {
+        let uuid = [
+            0x0b, 0x9e, 0x3f, 0x5a, 0x1c, 0x2d, 0x4e, 0x5f, 0x8a, 0x9b, 0x0c, 0x1d, 0x2e, 0x3f,
+            0x4a, 0x5b,
+        ];
+        let head = erofs_head(uuid);
+        assert_eq!(
+            erofs_uuid(&head).as_deref(),
+            Some("0b9e3f5a-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+        );
+        assert_eq!(erofs_uuid(&head[..EROFS_HEAD]).map(|u| u.len()), Some(36));
+        assert_eq!(erofs_uuid(&head[..EROFS_HEAD - 1]), None, "short read");
+        let mut other = head.clone();
+        other[1024] ^= 1;
+        assert_eq!(erofs_uuid(&other), None, "no magic");
+        assert_eq!(erofs_uuid(&[0u8; 4096]), None);
+    }
+
+    #[test]
+    fn a_real_erofs_image_is_not_blank_and_its_uuid_is_read() {
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir(&tree).unwrap();
+        std::fs::write(tree.join("f"), b"system").unwrap();
+        let img = d.path().join("s.erofs");
+        let ok = Command::new("mkfs.erofs")
+            .arg("-U0b9e3f5a-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+            .arg(&img)
+            .arg(&tree)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "mkfs.erofs (erofs-utils) on the host");
+        let p = probe(&img).unwrap();
+        assert!(!p.is_blank());
+        assert_eq!(p.why_not_blank(), "it carries an erofs filesystem");
+        let head = read_head(&img, EROFS_HEAD).unwrap();
+        assert_eq!(
+            erofs_uuid(&head).as_deref(),
+            Some("0b9e3f5a-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+        );
     }
 
     #[test]

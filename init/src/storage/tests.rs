@@ -161,6 +161,43 @@ fn disks_that_carry_anything_are_refused_by_name_and_left_unchanged() {
 }
 
 #[test]
+fn the_system_image_disk_is_never_taken_for_a_blank_one() {
+    // A node booted from initrd-disk.img: vda holds the raw erofs system image, vdb is blank.
+    let f = fake();
+    let tree = f.dirs.dev.parent().unwrap().join("tree");
+    std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+    std::fs::write(tree.join("usr/bin/containerd"), b"not really").unwrap();
+    std::fs::create_dir_all(f.dirs.sys_block.join("vda")).unwrap();
+    let vda = f.dirs.dev.join("vda");
+    let out = Command::new("mkfs.erofs")
+        .arg("-U6f1c2a3b-0000-4000-8000-00000000beef")
+        .arg(&vda)
+        .arg(&tree)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mkfs.erofs (erofs-utils): {out:?}");
+    let vdb = f.disk("vdb", 16);
+    let before = sha(&vda);
+    let (r, lines, n) = run_choose(&f, &state("LABEL=ROS_STATE", true), None);
+    assert_eq!(
+        r.unwrap(),
+        StateDecision::Disk {
+            device: vdb,
+            formatted: true
+        }
+    );
+    assert_eq!(n, 1);
+    assert_eq!(
+        lines[0],
+        format!(
+            "storage.state: {} not formatted: it carries an erofs filesystem",
+            vda.display()
+        )
+    );
+    assert_eq!(sha(&vda), before);
+}
+
+#[test]
 fn none_on_the_cmdline_or_in_the_config_and_a_missing_label_mean_ram() {
     let f = fake();
     f.disk("vda", 16);
