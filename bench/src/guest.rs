@@ -388,7 +388,9 @@ impl Booted {
         let deadline = Instant::now() + Duration::from_secs(60 + 20 * count as u64);
         loop {
             // A node busy starting containers may answer slowly: a generous bound.
-            let (_, tasks) = self.vm.exec("ctr -n user task ls", Duration::from_secs(600))?;
+            let (_, tasks) = self
+                .vm
+                .exec("ctr -n user task ls", Duration::from_secs(600))?;
             let running = probe::running_tasks(&tasks);
             if self.system == System::Ros {
                 progress(running);

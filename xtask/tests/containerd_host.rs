@@ -119,7 +119,8 @@ fn system_images_import_and_run_in_the_image_containerd() {
         names
     );
 
-    // The console image: busybox and the ros binary at /usr/bin/ros.
+    // The console image: busybox; the host's ros binary is bind-mounted at /usr/bin/ros as the
+    // default config's console service does.
     let hello = ctr
         .ctr_ok(
             "system",
@@ -135,10 +136,23 @@ fn system_images_import_and_run_in_the_image_containerd() {
         )
         .unwrap();
     assert_eq!(hello.trim(), "hello");
+    let ros_stand_in = ctr.dir().join("ros-stand-in");
     let ros = ctr
         .ctr_ok(
             "system",
-            &["run", "--rm", &console, "ros-1", "ros", "version"],
+            &[
+                "run",
+                "--rm",
+                "--mount",
+                &format!(
+                    "type=bind,src={},dst=/usr/bin/ros,options=rbind:ro",
+                    ros_stand_in.display()
+                ),
+                &console,
+                "ros-1",
+                "ros",
+                "version",
+            ],
         )
         .unwrap();
     assert_eq!(
