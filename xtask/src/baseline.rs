@@ -567,18 +567,7 @@ fn remove_stale_work(dir: &Path) -> Result<(), BaselineError> {
 }
 
 fn run(cmd: &mut Command) -> Result<(), BaselineError> {
-    let command = describe(cmd);
-    let output = cmd.output().map_err(|e| BaselineError::Command {
-        command: command.clone(),
-        detail: e.to_string(),
-    })?;
-    if !output.status.success() {
-        return Err(BaselineError::Command {
-            command,
-            detail: format!("{}: {}", output.status, output_tail(&output)),
-        });
-    }
-    Ok(())
+    capture(cmd).map(drop)
 }
 
 fn capture(cmd: &mut Command) -> Result<String, BaselineError> {

@@ -56,15 +56,7 @@ pub fn erofs_uuid(head: &[u8]) -> Option<String> {
         return None;
     }
     let u = head.get(UUID_AT..UUID_AT + 16)?;
-    let h = crate::util::hex(u);
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
+    Some(crate::util::uuid_text(&crate::util::hex(u)))
 }
 
 /// The UUID of the erofs image `path`.

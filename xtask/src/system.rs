@@ -335,15 +335,7 @@ pub fn stage(
 
 /// A filesystem UUID derived from `seed` (reproducible, different for different inputs).
 pub fn uuid_from(seed: &str) -> String {
-    let h = sha256_bytes(seed.as_bytes());
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::util::uuid_text(&sha256_bytes(seed.as_bytes()))
 }
 
 /// Packs `staging` into the erofs image `out` (through a temporary file).

@@ -19,6 +19,18 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// `8-4-4-4-12` UUID text from (at least) 32 lowercase hex digits; the rest is ignored.
+pub fn uuid_text(h: &str) -> String {
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
 /// sha256 of a file's contents, lowercase hex.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut file = fs::File::open(path)?;
