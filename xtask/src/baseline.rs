@@ -3,10 +3,11 @@
 //! table, booted with `root=/dev/vda`), `initrd.img` (Debian's own initramfs-tools output for the
 //! pinned kernel) and `sizes.toml`.
 //!
-//! Owns that directory, its stamp (`inputs`), its lock (`build/bench/baseline.lock`) and the
-//! choices that make the baseline "what a user would install": mmdebstrap's minbase of trixie plus
-//! [`EXTRA_PACKAGES`], the same kernel, containerd and runc .debs ros is built from ([`PINNED`],
-//! exactly as pinned in `images/packages.lock`, through `fetch`'s verified cache), networkd with
+//! Owns that directory, its stamp (`build/stamps/baseline.inputs`, an `assemble::Stamp`), its
+//! lock (`build/bench/baseline.lock`) and the choices that make the baseline "what a user would
+//! install": mmdebstrap's minbase of trixie plus [`EXTRA_PACKAGES`], the same kernel,
+//! containerd and runc .debs ros is built from ([`PINNED`], exactly as pinned in
+//! `images/packages.lock`, through `fetch`'s verified cache), networkd with
 //! DHCP on `en*`, a `bench-first.service` that imports ros's small busybox image and starts the
 //! benchmark's first container, and `/bin/sh` as systemd's debug shell (the driver's root shell,
 //! `systemd.debug_shell=ttyS1`).
@@ -28,12 +29,12 @@
 //! show. Without `build/out/vmlinuz` the kernel check is skipped (and said so), not failed.
 
 use crate::apt::AptEnv;
-use crate::assemble::inputs_text;
+use crate::assemble::{inputs_text, AssembleError, Stamp};
 use crate::fetch::{self, DebCache, DirLock, Event, FetchError};
 use crate::layout::Layout;
 use crate::lock::{Lock, LockError, LockedPackage, Manifest};
 use crate::oci::ANNOTATION_IMAGE_NAME;
-use crate::util::{describe, human_size, output_tail, sha256_bytes, sha256_file, write_atomic};
+use crate::util::{describe, human_size, output_tail, sha256_bytes, sha256_file};
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
@@ -104,6 +105,8 @@ pub enum BaselineError {
     Fetch(#[from] FetchError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Assemble(#[from] AssembleError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BaselineError {
@@ -435,7 +438,6 @@ impl Inputs {
 pub const ROOTFS: &str = "rootfs.img";
 pub const INITRD: &str = "initrd.img";
 pub const SIZES: &str = "sizes.toml";
-const STAMP: &str = "inputs";
 
 /// Builds the baseline in `layout.baseline()` unless its stamp says the inputs are unchanged.
 pub fn build(layout: &Layout, report: &mut dyn FnMut(&Step)) -> Result<Outcome, BaselineError> {
@@ -475,11 +477,9 @@ pub fn build(layout: &Layout, report: &mut dyn FnMut(&Step)) -> Result<Outcome, 
         ros_kernel,
     };
     let stamp_text = inputs.stamp();
-    let stamp = dir.join(STAMP);
+    let stamp = Stamp::new(layout, "baseline");
     let outputs = [ROOTFS, INITRD, SIZES].map(|n| dir.join(n));
-    if outputs.iter().all(|p| p.is_file())
-        && fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text)
-    {
+    if outputs.iter().all(|p| stamp.up_to_date(p, &stamp_text)) {
         let sizes_path = dir.join(SIZES);
         let text = fs::read_to_string(&sizes_path).map_err(io_err(&sizes_path))?;
         if let Some(sizes) = Sizes::parse(&text) {
@@ -488,10 +488,7 @@ pub fn build(layout: &Layout, report: &mut dyn FnMut(&Step)) -> Result<Outcome, 
     }
 
     // Never take a half-replaced set of outputs as current.
-    match fs::remove_file(&stamp) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&stamp)(e)),
-        _ => {}
-    }
+    stamp.clear()?;
     remove_stale_work(&dir)?;
     let work = dir.join(format!("tmp-{}", std::process::id()));
     fs::create_dir_all(&work).map_err(io_err(&work))?;
@@ -509,7 +506,7 @@ pub fn build(layout: &Layout, report: &mut dyn FnMut(&Step)) -> Result<Outcome, 
         fs::rename(&from, &to).map_err(io_err(&to))?;
     }
     remove_work(&work)?;
-    write_atomic(&stamp, stamp_text.as_bytes()).map_err(io_err(&stamp))?;
+    stamp.write(&stamp_text)?;
     Ok(Outcome::Built(sizes))
 }
 
