@@ -16,6 +16,21 @@ use std::time::{Duration, Instant};
 pub const IMAGE: &str = "docker.io/ros/syslog:0.1.0";
 /// What every benchmark container runs.
 const SLEEP: &str = "/bin/busybox sleep 2147483647";
+/// A benchmark workload on ros, as `key = value` pairs (the same container as [`SLEEP`] from
+/// the bundled image), for both the inline table of `ros config set` and the config file.
+const WORKLOAD: &[(&str, &str)] = &[
+    ("image", "\"ros/syslog\""),
+    ("entrypoint", "[]"),
+    ("command", "[\"/bin/busybox\", \"sleep\", \"2147483647\"]"),
+    ("net", "\"none\""),
+    ("stop_timeout_s", "1"),
+];
+
+/// [`WORKLOAD`]'s pairs joined by `sep`.
+fn workload_fields(sep: &str) -> String {
+    let fields: Vec<String> = WORKLOAD.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+    fields.join(sep)
+}
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
@@ -353,10 +368,9 @@ impl Booted {
     /// containerd reports it running.
     pub fn ros_workload_cmd(name: &str) -> String {
         format!(
-            "ros config set workloads.{name} '{{ image = \"ros/syslog\", entrypoint = [], \
-             command = [\"/bin/busybox\", \"sleep\", \"2147483647\"], net = \"none\", \
-             stop_timeout_s = 1 }}' >/dev/null && \
-             until ctr -n user task ls | grep -q '^{name} .*RUNNING'; do :; done"
+            "ros config set workloads.{name} '{{ {} }}' >/dev/null && \
+             until ctr -n user task ls | grep -q '^{name} .*RUNNING'; do :; done",
+            workload_fields(", ")
         )
     }
 
@@ -422,13 +436,10 @@ impl Booted {
 
 /// The ros config of the workloads boot: `count` sleeping containers from the bundled image.
 pub fn ros_workloads_config(count: usize) -> String {
+    let fields = workload_fields("\n");
     let mut s = String::from("version = 1\n");
     for i in 0..count {
-        s.push_str(&format!(
-            "\n[workloads.w{i:03}]\nimage = \"ros/syslog\"\nentrypoint = []\n\
-             command = [\"/bin/busybox\", \"sleep\", \"2147483647\"]\nnet = \"none\"\n\
-             stop_timeout_s = 1\n"
-        ));
+        s.push_str(&format!("\n[workloads.w{i:03}]\n{fields}\n"));
     }
     s
 }

@@ -220,27 +220,19 @@ fn baseline_tree_bytes(dir: &Path) -> Result<f64> {
 fn latencies(b: &mut Booted, args: &Args, results: &mut Results) -> Result<()> {
     let sys = b.system;
     let shell: Vec<f64> = (0..20).map(|_| b.timed("true")).collect::<Result<_, _>>()?;
-    add(
-        results,
-        "lat.shell",
-        sys,
-        stats::percentile(&shell, 50.0).unwrap_or(f64::NAN),
-    )?;
+    let (shell_p50, _) = stats::p50_p99(&shell);
+    add(results, "lat.shell", sys, shell_p50)?;
     b.prepare_sysctl()?;
     let mut sets = Vec::with_capacity(args.sets);
     for i in 0..args.sets {
         // Consecutive values differ, so each set is a real change.
         sets.push(b.timed(&b.sysctl_cmd(10 + (i % 80) as u32))?);
     }
-    let (p50, p99) = (
-        stats::percentile(&sets, 50.0).unwrap_or(f64::NAN),
-        stats::percentile(&sets, 99.0).unwrap_or(f64::NAN),
-    );
+    let (p50, p99) = stats::p50_p99(&sets);
     println!(
-        "[{}] sysctl set until applied over {} sets: p50 {p50:.1} ms, p99 {p99:.1} ms (shell round trip {:.1} ms)",
+        "[{}] sysctl set until applied over {} sets: p50 {p50:.1} ms, p99 {p99:.1} ms (shell round trip {shell_p50:.1} ms)",
         sys.name(),
         args.sets,
-        stats::percentile(&shell, 50.0).unwrap_or(f64::NAN)
     );
     add(results, "lat.sysctl.p50", sys, p50)?;
     add(results, "lat.sysctl.p99", sys, p99)
@@ -279,10 +271,7 @@ fn workloads(sys: System, args: &Args, images: &Images, results: &mut Results) -
     let lat: Vec<f64> = (0..args.sets)
         .map(|_| b.timed(cmd))
         .collect::<Result<_, _>>()?;
-    let (p50, p99) = (
-        stats::percentile(&lat, 50.0).unwrap_or(f64::NAN),
-        stats::percentile(&lat, 99.0).unwrap_or(f64::NAN),
-    );
+    let (p50, p99) = stats::p50_p99(&lat);
     println!("[{label}] `{cmd}` with {n} workloads: p50 {p50:.1} ms, p99 {p99:.1} ms; used {used:.0} MiB");
     add(results, "lat.ps.p50", sys, p50)?;
     add(results, "lat.ps.p99", sys, p99)?;

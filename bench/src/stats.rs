@@ -46,6 +46,12 @@ pub fn percentile(samples: &[f64], p: f64) -> Option<f64> {
     v.get(rank.min(v.len()) - 1).copied()
 }
 
+/// (p50, p99); NaN for an empty sample (the row then shows as not measured).
+pub fn p50_p99(samples: &[f64]) -> (f64, f64) {
+    let p = |q| percentile(samples, q).unwrap_or(f64::NAN);
+    (p(50.0), p(99.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,19 +72,14 @@ mod tests {
     const UUID: &str = "0b9e3f5a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
 
     struct Fake {
-        dir: tempfile::TempDir,
+        _dir: tempfile::TempDir,
         dirs: Dirs,
     }
 
     fn fake() -> Fake {
         let dir = tempfile::tempdir().unwrap();
-        let dirs = Dirs {
-            sys_block: dir.path().join("sys"),
-            dev: dir.path().join("dev"),
-        };
-        std::fs::create_dir_all(&dirs.sys_block).unwrap();
-        std::fs::create_dir_all(&dirs.dev).unwrap();
-        Fake { dir, dirs }
+        let dirs = Dirs::under(dir.path());
+        Fake { _dir: dir, dirs }
     }
 
     fn uuid_bytes(u: &str) -> Vec<u8> {
@@ -94,20 +89,25 @@ mod tests {
             .collect()
     }
 
+    /// A device `name` in `dirs` whose first 4 KiB carry an erofs superblock with `uuid` (or
+    /// zeros).
+    fn device(dirs: &Dirs, name: &str, uuid: Option<&str>, partition: bool) {
+        let sys = dirs.sys_block.join(name);
+        std::fs::create_dir_all(&sys).unwrap();
+        if partition {
+            std::fs::write(sys.join("partition"), "1\n").unwrap();
+        }
+        let mut head = vec![0u8; 4096];
+        if let Some(u) = uuid {
+            head[1024..1028].copy_from_slice(&probe::EROFS_MAGIC.to_le_bytes());
+            head[1024 + 48..1024 + 64].copy_from_slice(&uuid_bytes(u));
+        }
+        std::fs::write(dirs.dev.join(name), head).unwrap();
+    }
+
     impl Fake {
-        /// A device `name` whose first 4 KiB carry an erofs superblock with `uuid` (or zeros).
         fn device(&self, name: &str, uuid: Option<&str>, partition: bool) {
-            let sys = self.dirs.sys_block.join(name);
-            std::fs::create_dir_all(&sys).unwrap();
-            if partition {
-                std::fs::write(sys.join("partition"), "1\n").unwrap();
-            }
-            let mut head = vec![0u8; 4096];
-            if let Some(u) = uuid {
-                head[1024..1028].copy_from_slice(&probe::EROFS_MAGIC.to_le_bytes());
-                head[1024 + 48..1024 + 64].copy_from_slice(&uuid_bytes(u));
-            }
-            std::fs::write(self.dirs.dev.join(name), head).unwrap();
+            device(&self.dirs, name, uuid, partition);
         }
     }
 
@@ -170,17 +170,10 @@ mod tests {
             "{took:?}"
         );
         // The disk shows up while PID 1 polls.
-        let root = f.dir.path().to_path_buf();
+        let dirs = f.dirs.clone();
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(150));
-            let g = Fake {
-                dir: tempfile::tempdir().unwrap(),
-                dirs: Dirs {
-                    sys_block: root.join("sys"),
-                    dev: root.join("dev"),
-                },
-            };
-            g.device("vdb", Some(UUID), false);
+            device(&dirs, "vdb", Some(UUID), false);
         });
         let d = wait_for(
             &f.dirs,

@@ -71,6 +71,20 @@ impl Default for Dirs {
     }
 }
 
+#[cfg(test)]
+impl Dirs {
+    /// A fake `sys` and `dev` under `root` (created), for tests that put devices there.
+    pub fn under(root: &std::path::Path) -> Dirs {
+        let dirs = Dirs {
+            sys_block: root.join("sys"),
+            dev: root.join("dev"),
+        };
+        std::fs::create_dir_all(&dirs.sys_block).unwrap();
+        std::fs::create_dir_all(&dirs.dev).unwrap();
+        dirs
+    }
+}
+
 const SKIPPED: &[&str] = &["loop", "ram", "zram", "sr", "fd", "nbd"];
 
 /// Every usable block device, sorted by name.

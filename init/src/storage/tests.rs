@@ -17,12 +17,7 @@ struct Fake {
 
 fn fake() -> Fake {
     let dir = tempfile::tempdir().unwrap();
-    let dirs = Dirs {
-        sys_block: dir.path().join("sys"),
-        dev: dir.path().join("dev"),
-    };
-    std::fs::create_dir_all(&dirs.sys_block).unwrap();
-    std::fs::create_dir_all(&dirs.dev).unwrap();
+    let dirs = Dirs::under(dir.path());
     Fake { _dir: dir, dirs }
 }
 

@@ -72,17 +72,20 @@ fn start_slots() -> &'static tokio::sync::Semaphore {
     })
 }
 
-/// Waits for a start slot; `Err(())` when a stop was requested meanwhile. (`Ok(None)` cannot
-/// happen: the semaphore is never closed; it would mean "start without a slot".)
+/// A stop was requested while waiting for a start slot.
+struct Stopped;
+
+/// Waits for a start slot (held until the permit drops), or for a stop request. The semaphore
+/// is never closed, so `acquire` cannot fail; if it did, the start would go ahead unqueued.
 async fn start_slot(
     stop: &mut watch::Receiver<bool>,
-) -> Result<Option<tokio::sync::SemaphorePermit<'static>>, ()> {
+) -> Result<Option<tokio::sync::SemaphorePermit<'static>>, Stopped> {
     if *stop.borrow() {
-        return Err(());
+        return Err(Stopped);
     }
     tokio::select! {
         p = start_slots().acquire() => Ok(p.ok()),
-        _ = stop.changed() => Err(()),
+        _ = stop.changed() => Err(Stopped),
     }
 }
 
@@ -803,17 +806,14 @@ async fn supervise(
     };
     let mut backoff = Backoff::default();
     loop {
+        let Ok(slot) = start_slot(&mut stop).await else {
+            return;
+        };
         let logs = sink.as_ref().and_then(|s| {
             s.attach(Path::new(IO_DIR))
                 .map_err(|e| log::error!("{what}: log: {e}"))
                 .ok()
         });
-        let Ok(slot) = start_slot(&mut stop).await else {
-            if let Some(l) = logs {
-                tokio::spawn(l.finished());
-            }
-            return;
-        };
         let started = Instant::now();
         let network = attach(&what, &job).await;
         // A failed attach undid itself: nothing to detach then.
