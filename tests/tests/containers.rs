@@ -52,17 +52,30 @@ net = "none"
 max_containers = 1
 "#;
 
-/// Kernel timestamps (seconds) of the console lines containing `needle`.
+/// Kernel timestamps (seconds) of the console lines containing `needle`. The stamp is the
+/// `[ 12.345678]` right before the needle: the console service's shell shares ttyS0, so a line
+/// can begin with its prompt and a terminal query (`ros:~# \x1b[6n[   22.08] ros: …`).
 fn stamps(console: &str, needle: &str) -> Vec<f64> {
     console
         .lines()
-        .filter(|l| l.contains(needle))
         .filter_map(|l| {
-            let open = l.find('[')?;
-            let close = l[open..].find(']')? + open;
-            l[open + 1..close].trim().parse().ok()
+            let head = &l[..l.find(needle)?];
+            let open = head.rfind('[')?;
+            let close = head[open..].find(']')? + open;
+            head[open + 1..close].trim().parse().ok()
         })
         .collect()
+}
+
+#[test]
+fn stamps_read_the_time_next_to_the_needle() {
+    let console = "ros:~# \x1b[6n[   22.083125] ros: service crashy started (pid 265)\n\
+                   [   24.5] ros: service crashy exited\n\
+                   [   33.099229] ros: service crashy started (pid 428)\n";
+    assert_eq!(
+        stamps(console, "ros: service crashy started"),
+        [22.083125, 33.099229]
+    );
 }
 
 #[test]
@@ -156,8 +169,10 @@ fn services_and_workloads_run_restart_with_backoff_and_stop_in_order() {
         Duration::from_secs(60),
     )
     .unwrap();
-    let starts = stamps(&vm.console_text(), "ros: service crashy started");
-    assert!(starts.len() >= 4, "{starts:?}");
+    let console = vm.console_text();
+    let starts = stamps(&console, "ros: service crashy started");
+    let crashy: Vec<&str> = console.lines().filter(|l| l.contains("crashy")).collect();
+    assert!(starts.len() >= 4, "{starts:?} from:\n{}", crashy.join("\n"));
     let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
     for (gap, want) in gaps.iter().zip([1.0, 2.0, 4.0]) {
         assert!(*gap >= want, "restart gaps {gaps:?}");
