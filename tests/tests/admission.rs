@@ -2,7 +2,8 @@
 //! workloads under `max_containers = 20`; 20 run and each of the other 5 is refused with an error
 //! naming the limit. Every container of the user containerd lands inside the fence `/ros/user`:
 //! ros's workloads, a plain `ctr run`, and a `ctr run` that asks for a cgroup outside it.
-//! Killing the user containerd while a workload dies brings both back.
+//! The workloads share one shim (one asked for its own). Killing the user containerd while a
+//! workload dies brings both back.
 
 use ros_tests::{running_pid, Vm, VmOptions};
 use std::fmt::Write as _;
@@ -27,6 +28,9 @@ stop_timeout_s = 2
 "#
         )
         .unwrap();
+        if i == 1 {
+            c.push_str("shim = \"own\"\n");
+        }
     }
     c
 }
@@ -40,6 +44,12 @@ fn running_ids(tasks: &str) -> Vec<String> {
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect()
 }
+
+/// `PID ID` of each user shim daemon (the id is the first container it ran; not the
+/// short-lived `… start` helper).
+const SHIMS_USER: &str =
+    "ps -o pid,args | awk '/containerd-shim-runc-v2 -namespace user/ && !/awk/ && !/ start$/ \
+     { for (i = 1; i < NF; i++) if ($i == \"-id\") print $1, $(i + 1) }'";
 
 /// The host-side cgroup of a guest pid (`0::/path`).
 fn cgroup_of(vm: &mut Vm, pid: u32) -> String {
@@ -87,6 +97,20 @@ fn twenty_of_twenty_five_workloads_run_and_every_user_container_is_fenced() {
     let w01 = running_pid(&tasks, "w01").unwrap();
     let cg = cgroup_of(&mut vm, w01);
     assert_eq!(cg, "0::/ros/user/user/w01", "{cg}");
+
+    // The workloads share one shim, except w01, which asked for its own; both shims run
+    // outside the fence, with the daemon.
+    let shims = vm.poll(SHIMS_USER, BOOT, |o| o.lines().count() == 2);
+    let ids: Vec<&str> = shims
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(ids.len(), 2, "two user shims for {MAX} workloads:\n{shims}");
+    assert!(ids.contains(&"w01"), "w01's own shim:\n{shims}");
+    for l in shims.lines() {
+        let pid: u32 = l.split_whitespace().next().unwrap().parse().unwrap();
+        assert_eq!(cgroup_of(&mut vm, pid), "0::/ros/runtime/containerd", "{l}");
+    }
 
     // A plain `ctr run` on the user socket lands in the fence too, also when it asks for a
     // cgroup path of its own; the user containerd itself is outside it.

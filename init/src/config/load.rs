@@ -170,7 +170,7 @@ pub fn load(inputs: Vec<LayerInput>) -> Loaded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::{Kind, NetMode, NetworkWait};
+    use crate::config::schema::{Kind, NetMode, NetworkWait, Shim};
     use crate::config::units::{Memory, UserMemory};
 
     fn layer(source: &str, text: &str) -> Layer {
@@ -324,6 +324,25 @@ mod tests {
     fn workloads_may_depend_on_services() {
         let l = layer("local", "[services.db]\nimage = \"db\"\n[workloads.web]\nimage = \"w\"\ndepends_on = [\"db\"]\n");
         assert!(effective(&[l]).is_ok());
+    }
+
+    #[test]
+    fn shim_is_shared_unless_a_container_asks_for_its_own_and_a_bad_value_names_the_key() {
+        let l = layer(
+            "local",
+            "[workloads.a]\nimage = \"a\"\n[workloads.b]\nimage = \"b\"\nshim = \"own\"\n",
+        );
+        let c = match effective(&[l]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.workloads["a"].shim, Shim::Shared);
+        assert_eq!(c.workloads["b"].shim, Shim::Own);
+        let bad = Layer::parse("local", "[workloads.a]\nimage = \"a\"\nshim = \"mine\"\n").err();
+        assert_eq!(
+            bad.map(|e| e.to_string()).as_deref(),
+            Some("workloads.a.shim (line 3): unknown variant `mine`, expected `shared` or `own`")
+        );
     }
 
     #[test]

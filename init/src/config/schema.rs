@@ -317,6 +317,8 @@ pub struct Container {
     pub enabled: bool,
     /// Seconds between SIGTERM and SIGKILL on stop.
     pub stop_timeout_s: u64,
+    /// Which containerd shim runs the container: the one its kind shares, or its own.
+    pub shim: Shim,
 }
 
 impl Default for Container {
@@ -342,6 +344,7 @@ impl Default for Container {
             oneshot: false,
             enabled: true,
             stop_timeout_s: 10,
+            shim: Shim::Shared,
         }
     }
 }
@@ -376,6 +379,19 @@ pub enum NetMode {
     None,
     /// The ros bridge, with NAT and published ports.
     Bridge,
+}
+
+/// The containerd shim (`containerd-shim-runc-v2`) a container's task runs under. A shim is a
+/// ~20 MiB Go process; one per container is most of what a container costs the node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shim {
+    /// One shim for all services, one for all workloads that share (runc v2 shim grouping).
+    /// If that shim dies, every container in it exits and is restarted by its policy.
+    #[default]
+    Shared,
+    /// A shim of its own, as `ctr run` and Docker do: its fate is its own.
+    Own,
 }
 
 /// Restart policy.

@@ -14,14 +14,14 @@
 //! (`path` in the spec, so runc does not create one) with the resolv.conf written for it
 //! bind-mounted read-only, and keeps its own UTS namespace and hostname.
 
-use crate::config::schema::{Container, Kind, NetMode};
+use crate::config::schema::{Container, Kind, NetMode, Shim};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilities, LinuxCpuBuilder, LinuxDeviceCgroup,
     LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespace,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
     MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 /// What the image itself says about how to run it (OCI image config `config` object).
@@ -96,6 +96,20 @@ pub struct SpecInput<'a> {
     pub cgroups_path: String,
     /// The network of a `net = "bridge"` container (required for one, ignored otherwise).
     pub bridge: Option<BridgePaths>,
+}
+
+/// The OCI annotation the runc v2 shim reads to run containers of one group in one shim
+/// process (containerd's `groupLabels`; Kubernetes uses the sandbox id the same way).
+pub const SHIM_GROUP: &str = "io.containerd.runc.v2.group";
+
+/// The shim group of a container, if it shares one: `ros-services` or `ros-workloads` (each
+/// containerd instance has its own shims, so the names only need to differ within one).
+pub fn shim_group(kind: Kind, shim: Shim) -> Option<&'static str> {
+    match (shim, kind) {
+        (Shim::Own, _) => None,
+        (Shim::Shared, Kind::Service) => Some("ros-services"),
+        (Shim::Shared, Kind::Workload) => Some("ros-workloads"),
+    }
 }
 
 /// Docker's default capability set: what a workload or an unprivileged service gets.
@@ -546,6 +560,10 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     });
     spec.set_mounts(Some(mounts(input, privileged)));
     spec.set_linux(Some(linux.build().map_err(&err)?));
+    spec.set_annotations(
+        shim_group(input.kind, c.shim)
+            .map(|g| HashMap::from([(SHIM_GROUP.to_string(), g.to_string())])),
+    );
     Ok(spec)
 }
 
@@ -668,6 +686,33 @@ mod tests {
         );
         assert_eq!(spec.hostname().as_deref(), Some("web"));
         assert_eq!(p.cwd().to_str(), Some("/srv"));
+    }
+
+    #[test]
+    fn services_and_workloads_share_a_shim_per_kind_unless_they_ask_for_their_own() {
+        let img = image();
+        let group = |kind, shim| {
+            let c = Container {
+                shim,
+                net: Some(NetMode::None),
+                ..Default::default()
+            };
+            let spec = build(&input("x", kind, &c, &img)).unwrap();
+            spec.annotations()
+                .as_ref()
+                .and_then(|a| a.get(SHIM_GROUP).cloned())
+        };
+        assert_eq!(
+            group(Kind::Service, Shim::Shared).as_deref(),
+            Some("ros-services")
+        );
+        assert_eq!(
+            group(Kind::Workload, Shim::Shared).as_deref(),
+            Some("ros-workloads")
+        );
+        assert_eq!(group(Kind::Workload, Shim::Own), None);
+        assert_eq!(group(Kind::Service, Shim::Own), None);
+        assert_eq!(Container::default().shim, Shim::Shared);
     }
 
     #[test]
