@@ -275,6 +275,7 @@ fn workloads(sys: System, args: &Args, images: &Images, results: &mut Results) -
     println!("[{label}] `{cmd}` with {n} workloads: p50 {p50:.1} ms, p99 {p99:.1} ms; used {used:.0} MiB");
     add(results, "lat.ps.p50", sys, p50)?;
     add(results, "lat.ps.p99", sys, p99)?;
+    add(results, "time.workloads", sys, secs)?;
     add(results, "mem.used.workloads", sys, used)?;
     b.vm.passed();
     Ok(())

@@ -92,6 +92,11 @@ pub const METRICS: &[Metric] = &[
         "ms",
     ),
     m(
+        "time.workloads",
+        "N workloads, from ready until all run (ros: in its config; baseline: N `ctr run -d` in a row)",
+        "s",
+    ),
+    m(
         "lat.ps.p50",
         "with N workloads: list them (`ros ps` / `ctr task ls`), p50",
         "ms",
