@@ -93,7 +93,7 @@ pub const METRICS: &[Metric] = &[
     ),
     m(
         "time.workloads",
-        "N workloads, from ready until all run (ros: in its config; baseline: N `ctr run -d` in a row)",
+        "N workloads, from ready until all run (ros: from its config; baseline: `ctr run -d` one after another)",
         "s",
     ),
     m(

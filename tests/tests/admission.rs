@@ -2,16 +2,20 @@
 //! workloads under `max_containers = 20`; 20 run and each of the other 5 is refused with an error
 //! naming the limit. Every container of the user containerd lands inside the fence `/ros/user`:
 //! ros's workloads, a plain `ctr run`, and a `ctr run` that asks for a cgroup outside it.
-//! The workloads share one shim (one asked for its own). Killing the user containerd while a
-//! workload dies brings both back.
+//! Four workloads share one shim (`shim = "shared"`), the others have one each; turning off the
+//! one the shared shim was started for leaves it and the rest running. Killing the user
+//! containerd while a workload dies brings both back.
 
 use ros_tests::{running_pid, Vm, VmOptions};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 const BOOT: Duration = Duration::from_secs(240);
 const ASKED: usize = 25;
 const MAX: usize = 20;
+/// w01..w04 ask for the shared workload shim; the others have their own.
+const SHARED: usize = 4;
 
 fn config() -> String {
     let mut c = format!("version = 1\n\n[limits.user]\nmax_containers = {MAX}\n");
@@ -28,8 +32,8 @@ stop_timeout_s = 2
 "#
         )
         .unwrap();
-        if i == 1 {
-            c.push_str("shim = \"own\"\n");
+        if i <= SHARED {
+            c.push_str("shim = \"shared\"\n");
         }
     }
     c
@@ -45,11 +49,20 @@ fn running_ids(tasks: &str) -> Vec<String> {
         .collect()
 }
 
-/// `PID ID` of each user shim daemon (the id is the first container it ran; not the
-/// short-lived `… start` helper).
-const SHIMS_USER: &str =
-    "ps -o pid,args | awk '/containerd-shim-runc-v2 -namespace user/ && !/awk/ && !/ start$/ \
-     { for (i = 1; i < NF; i++) if ($i == \"-id\") print $1, $(i + 1) }'";
+/// `NAME SHIM_PID` of each running user task (a task's first process is the shim's child).
+const TASK_SHIMS: &str = "ctr -n user t ls | awk 'NR > 1 && $3 == \"RUNNING\" {print $1, $2}' | \
+     while read n p; do echo $n $(awk '/^PPid:/ {print $2}' /proc/$p/status); done";
+
+/// The shim pid of each running task.
+fn task_shims(vm: &mut Vm) -> BTreeMap<String, u32> {
+    let out = vm.succeed(TASK_SHIMS).unwrap();
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.parse().ok()?))
+        })
+        .collect()
+}
 
 /// The host-side cgroup of a guest pid (`0::/path`).
 fn cgroup_of(vm: &mut Vm, pid: u32) -> String {
@@ -98,18 +111,32 @@ fn twenty_of_twenty_five_workloads_run_and_every_user_container_is_fenced() {
     let cg = cgroup_of(&mut vm, w01);
     assert_eq!(cg, "0::/ros/user/user/w01", "{cg}");
 
-    // The workloads share one shim, except w01, which asked for its own; both shims run
-    // outside the fence, with the daemon.
-    let shims = vm.poll(SHIMS_USER, BOOT, |o| o.lines().count() == 2);
-    let ids: Vec<&str> = shims
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(1))
+    // w01..w04 share one shim; every other workload has its own; all shims run outside the
+    // fence, with the daemon. (containerd 1.7 probes a group's socket for 100 ms: on a starved
+    // TCG CPU that can time out and start a second shim for the group, so two are tolerated.)
+    let shims = task_shims(&mut vm);
+    let shared: BTreeSet<u32> = (1..=SHARED)
+        .filter_map(|i| shims.get(&format!("w{i:02}")).copied())
         .collect();
-    assert_eq!(ids.len(), 2, "two user shims for {MAX} workloads:\n{shims}");
-    assert!(ids.contains(&"w01"), "w01's own shim:\n{shims}");
-    for l in shims.lines() {
-        let pid: u32 = l.split_whitespace().next().unwrap().parse().unwrap();
-        assert_eq!(cgroup_of(&mut vm, pid), "0::/ros/runtime/containerd", "{l}");
+    eprintln!(
+        "[admission] {SHARED} shared workloads in {} shim(s)",
+        shared.len()
+    );
+    assert!(!shared.is_empty() && shared.len() <= 2, "{shims:?}");
+    let own: Vec<u32> = shims
+        .iter()
+        .filter(|(id, _)| id.starts_with('w') && id.as_str() > "w04")
+        .map(|(_, p)| *p)
+        .collect();
+    let distinct: BTreeSet<u32> = own.iter().copied().collect();
+    assert_eq!(distinct.len(), own.len(), "one shim each: {shims:?}");
+    assert!(distinct.is_disjoint(&shared), "{shims:?}");
+    for pid in shared.iter().chain(own.iter().take(1)) {
+        assert_eq!(
+            cgroup_of(&mut vm, *pid),
+            "0::/ros/runtime/containerd",
+            "shim {pid}"
+        );
     }
 
     // A plain `ctr run` on the user socket lands in the fence too, also when it asks for a
@@ -172,6 +199,49 @@ fn twenty_of_twenty_five_workloads_run_and_every_user_container_is_fenced() {
     });
     let cg = cgroup_of(&mut vm, running_pid(&tasks, "after").unwrap());
     assert_eq!(cg, "0::/ros/user/user/after");
+
+    // Turning off the workload the shared shim was started for (its bundle goes) leaves the
+    // shim and the workloads in it running.
+    let shims = task_shims(&mut vm);
+    let shim = shims["w03"];
+    let args = vm
+        .succeed(&format!("tr '\\0' ' ' < /proc/{shim}/cmdline"))
+        .unwrap();
+    let first = args
+        .split_whitespace()
+        .skip_while(|a| *a != "-id")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no -id: {args}"))
+        .to_string();
+    let mates: Vec<&String> = shims
+        .iter()
+        .filter(|(id, p)| **p == shim && **id != first)
+        .map(|(id, _)| id)
+        .collect();
+    let tasks_before_off = vm.succeed("ctr -n user t ls").unwrap();
+    vm.succeed(&format!("ros config set workloads.{first}.enabled false"))
+        .unwrap();
+    let after = vm.poll("ctr -n user t ls", BOOT, |o| {
+        running_pid(o, &first).is_none()
+    });
+    assert!(
+        running_pid(&after, &first).is_none(),
+        "{first} still there:\n{after}"
+    );
+    vm.succeed(&format!("kill -0 {shim}")).unwrap();
+    let now = task_shims(&mut vm);
+    for id in &mates {
+        assert_eq!(
+            now.get(*id),
+            Some(&shim),
+            "{id} kept running in shim {shim}: {now:?}"
+        );
+        assert_eq!(
+            running_pid(&after, id),
+            running_pid(&tasks_before_off, id),
+            "{id}"
+        );
+    }
     vm.poweroff().unwrap();
     vm.passed();
 }

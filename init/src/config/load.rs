@@ -327,10 +327,10 @@ mod tests {
     }
 
     #[test]
-    fn shim_is_shared_unless_a_container_asks_for_its_own_and_a_bad_value_names_the_key() {
+    fn shim_is_its_own_unless_a_container_asks_to_share_and_a_bad_value_names_the_key() {
         let l = layer(
             "local",
-            "[workloads.a]\nimage = \"a\"\n[workloads.b]\nimage = \"b\"\nshim = \"own\"\n",
+            "[workloads.a]\nimage = \"a\"\nshim = \"shared\"\n[workloads.b]\nimage = \"b\"\n",
         );
         let c = match effective(&[l]) {
             Ok(c) => c,
@@ -341,7 +341,7 @@ mod tests {
         let bad = Layer::parse("local", "[workloads.a]\nimage = \"a\"\nshim = \"mine\"\n").err();
         assert_eq!(
             bad.map(|e| e.to_string()).as_deref(),
-            Some("workloads.a.shim (line 3): unknown variant `mine`, expected `shared` or `own`")
+            Some("workloads.a.shim (line 3): unknown variant `mine`, expected `own` or `shared`")
         );
     }
 

@@ -317,7 +317,7 @@ pub struct Container {
     pub enabled: bool,
     /// Seconds between SIGTERM and SIGKILL on stop.
     pub stop_timeout_s: u64,
-    /// Which containerd shim runs the container: the one its kind shares, or its own.
+    /// Which containerd shim runs the container: its own, or the one its kind shares.
     pub shim: Shim,
 }
 
@@ -344,7 +344,7 @@ impl Default for Container {
             oneshot: false,
             enabled: true,
             stop_timeout_s: 10,
-            shim: Shim::Shared,
+            shim: Shim::Own,
         }
     }
 }
@@ -382,16 +382,20 @@ pub enum NetMode {
 }
 
 /// The containerd shim (`containerd-shim-runc-v2`) a container's task runs under. A shim is a
-/// ~20 MiB Go process; one per container is most of what a container costs the node.
+/// ~20 MiB Go process (~5 MiB of it its own heap); one per container is most of what a small
+/// container costs the node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Shim {
-    /// One shim for all services, one for all workloads that share (runc v2 shim grouping).
-    /// If that shim dies, every container in it exits and is restarted by its policy.
-    #[default]
-    Shared,
     /// A shim of its own, as `ctr run` and Docker do: its fate is its own.
+    #[default]
     Own,
+    /// One shim for the services that share, one for the workloads that share (runc v2 shim
+    /// grouping). If that shim dies, every container in it exits and is restarted by its
+    /// policy. containerd 1.7 marks grouping experimental, and its 100 ms probe of the group's
+    /// socket can time out on a starved CPU and start a second shim on the same path
+    /// (docs/runtime.md "Shared shims").
+    Shared,
 }
 
 /// Restart policy.

@@ -689,7 +689,7 @@ mod tests {
     }
 
     #[test]
-    fn services_and_workloads_share_a_shim_per_kind_unless_they_ask_for_their_own() {
+    fn shared_services_and_workloads_share_a_shim_per_kind_and_the_rest_have_their_own() {
         let img = image();
         let group = |kind, shim| {
             let c = Container {
@@ -712,7 +712,7 @@ mod tests {
         );
         assert_eq!(group(Kind::Workload, Shim::Own), None);
         assert_eq!(group(Kind::Service, Shim::Own), None);
-        assert_eq!(Container::default().shim, Shim::Shared);
+        assert_eq!(Container::default().shim, Shim::Own);
     }
 
     #[test]
