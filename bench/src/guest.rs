@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 /// The small image both systems import and run (ros bundles it as its syslog service; the
 /// baseline has it at /opt/bench/small.oci.tar).
 pub const IMAGE: &str = "docker.io/ros/syslog:0.1.0";
+/// The OCI annotation that puts containers in one shim (containerd's runc v2 shim grouping).
+const SHIM_GROUP: &str = "io.containerd.runc.v2.group";
 /// What every benchmark container runs.
 const SLEEP: &str = "/bin/busybox sleep 2147483647";
 /// A benchmark workload on ros, as `key = value` pairs (the same container as [`SLEEP`] from
@@ -330,6 +332,16 @@ impl Booted {
         self.found(probe::used_kib(&meminfo), "MemAvailable", &meminfo)
     }
 
+    /// How many shims serve the benchmark's workloads (`w…`): the distinct parents of their
+    /// tasks' first processes.
+    pub fn shim_count(&mut self) -> Result<u64> {
+        let out = self.run(
+            "ctr -n user task ls | awk 'NR > 1 && $1 ~ /^w/ {print $2}' | \
+             while read p; do awk '/^PPid:/ {print $2}' /proc/$p/status; done | sort -u | wc -l",
+        )?;
+        self.found(out.trim().parse().ok(), "a shim count", &out)
+    }
+
     /// Host-timed run of `cmd` (which must succeed), in ms.
     pub fn timed(&mut self, cmd: &str) -> Result<f64> {
         let t = Instant::now();
@@ -378,6 +390,14 @@ impl Booted {
         format!("ctr -n user run -d {IMAGE} {name} {SLEEP} >/dev/null")
     }
 
+    /// [`Self::ctr_run_cmd`] in a shim shared with every other container of the group, by the
+    /// same runc v2 shim-group annotation ros writes for `shim = "shared"`.
+    pub fn ctr_run_shared_cmd(name: &str) -> String {
+        format!(
+            "ctr -n user run -d --annotation {SHIM_GROUP}=bench {IMAGE} {name} {SLEEP} >/dev/null"
+        )
+    }
+
     /// Makes the user namespace hold the image on ros (the baseline's first container did it):
     /// a workload started and waited for, untimed.
     pub fn warm_up(&mut self) -> Result<()> {
@@ -389,11 +409,22 @@ impl Booted {
 
     /// `count` workload containers: ros reads them from its config (`ros_workloads_config`),
     /// the baseline starts them with `ctr`. Waits until all run; returns the seconds it took.
-    pub fn start_workloads(&mut self, count: usize, progress: &dyn Fn(usize)) -> Result<f64> {
+    /// `shared`: all in one shim (ros: the config says so; baseline: `ctr run --annotation`).
+    pub fn start_workloads(
+        &mut self,
+        count: usize,
+        shared: bool,
+        progress: &dyn Fn(usize),
+    ) -> Result<f64> {
         let t = Instant::now();
         if self.system == System::Baseline {
             for i in 0..count {
-                self.run(&Self::ctr_run_cmd(&format!("w{i:03}")))?;
+                let name = format!("w{i:03}");
+                self.run(&if shared {
+                    Self::ctr_run_shared_cmd(&name)
+                } else {
+                    Self::ctr_run_cmd(&name)
+                })?;
                 if (i + 1) % 10 == 0 {
                     progress(i + 1);
                 }
@@ -435,8 +466,12 @@ impl Booted {
 }
 
 /// The ros config of the workloads boot: `count` sleeping containers from the bundled image.
-pub fn ros_workloads_config(count: usize) -> String {
-    let fields = workload_fields("\n");
+/// With `shared`, every one of them says `shim = "shared"`.
+pub fn ros_workloads_config(count: usize, shared: bool) -> String {
+    let mut fields = workload_fields("\n");
+    if shared {
+        fields.push_str("\nshim = \"shared\"");
+    }
     let mut s = String::from("version = 1\n");
     for i in 0..count {
         s.push_str(&format!("\n[workloads.w{i:03}]\n{fields}\n"));
@@ -450,9 +485,14 @@ mod tests {
 
     #[test]
     fn workloads_config_names_each_container() {
-        let c = ros_workloads_config(3);
+        let c = ros_workloads_config(3, false);
         assert!(c.starts_with("version = 1\n"));
         assert_eq!(c.matches("[workloads.w").count(), 3);
         assert!(c.contains("[workloads.w002]\nimage = \"ros/syslog\""));
+        assert!(!c.contains("shim"));
+        let c = ros_workloads_config(3, true);
+        assert_eq!(c.matches("\nshim = \"shared\"\n").count(), 3, "{c}");
+        assert!(Booted::ctr_run_shared_cmd("w1")
+            .contains("--annotation io.containerd.runc.v2.group=bench "));
     }
 }

@@ -167,7 +167,8 @@ fn measure(sys: System, args: &Args, images: &Images, results: &mut Results) -> 
         one_more_container(&mut b, run, results)?;
         b.vm.passed();
     }
-    workloads(sys, args, images, results)
+    workloads(sys, args, images, results)?;
+    workloads_shared(sys, args, images, results)
 }
 
 fn sizes(sys: System, images: &Images, results: &mut Results) -> Result<()> {
@@ -255,17 +256,34 @@ fn one_more_container(b: &mut Booted, run: usize, results: &mut Results) -> Resu
     add(results, "lat.container.ctr", sys, ctr)
 }
 
-fn workloads(sys: System, args: &Args, images: &Images, results: &mut Results) -> Result<()> {
+/// Boots `sys` and starts N workloads (one shim each, or `shared` in one); returns the booted
+/// system and the seconds from ready until all ran.
+fn boot_with_workloads(
+    sys: System,
+    args: &Args,
+    images: &Images,
+    shared: bool,
+) -> Result<(guest::Booted, f64)> {
     let n = args.workloads;
     let dir = tempfile::tempdir()?;
     let cfg = dir.path().join("os-config.toml");
-    std::fs::write(&cfg, guest::ros_workloads_config(n))?;
-    let name = format!("bench-{}-workloads", sys.name());
+    std::fs::write(&cfg, guest::ros_workloads_config(n, shared))?;
+    let shim = if shared { "-shared" } else { "" };
+    let name = format!("bench-{}-workloads{shim}", sys.name());
     let mut b = guest::boot(sys, &name, images, &args.accel, Some(&cfg))?;
-    let label = sys.name();
-    let secs = b.start_workloads(n, &|k| eprint!("\r[{label}] {k}/{n} workloads running "))?;
+    let label = format!("{}{shim}", sys.name());
+    let secs = b.start_workloads(n, shared, &|k| {
+        eprint!("\r[{label}] {k}/{n} workloads running ")
+    })?;
     eprintln!();
     println!("[{label}] {n} workloads running {secs:.0}s after ready");
+    Ok((b, secs))
+}
+
+fn workloads(sys: System, args: &Args, images: &Images, results: &mut Results) -> Result<()> {
+    let n = args.workloads;
+    let (mut b, secs) = boot_with_workloads(sys, args, images, false)?;
+    let label = sys.name();
     let used = b.used_kib()? as f64 / 1024.0;
     let cmd = b.list_cmd();
     let lat: Vec<f64> = (0..args.sets)
@@ -277,6 +295,31 @@ fn workloads(sys: System, args: &Args, images: &Images, results: &mut Results) -
     add(results, "lat.ps.p99", sys, p99)?;
     add(results, "time.workloads", sys, secs)?;
     add(results, "mem.used.workloads", sys, used)?;
+    b.vm.passed();
+    Ok(())
+}
+
+/// The same workloads asking for one shared shim on both systems (containerd's runc v2 shim
+/// grouping: ros's `shim = "shared"`, the baseline's `ctr run --annotation`). How many shims
+/// serve them is a row too: containerd 1.7's 100 ms probe of the group's socket often times
+/// out under TCG and starts another shim (docs/runtime.md "Shared shims").
+fn workloads_shared(
+    sys: System,
+    args: &Args,
+    images: &Images,
+    results: &mut Results,
+) -> Result<()> {
+    let (mut b, secs) = boot_with_workloads(sys, args, images, true)?;
+    let used = b.used_kib()? as f64 / 1024.0;
+    let shims = b.shim_count()?;
+    println!(
+        "[{}-shared] used {used:.0} MiB with {} workloads in {shims} shim(s)",
+        sys.name(),
+        args.workloads
+    );
+    add(results, "time.workloads.shared", sys, secs)?;
+    add(results, "shims.workloads.shared", sys, shims as f64)?;
+    add(results, "mem.used.workloads.shared", sys, used)?;
     b.vm.passed();
     Ok(())
 }

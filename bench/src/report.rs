@@ -111,6 +111,21 @@ pub const METRICS: &[Metric] = &[
         "used memory with N workloads running",
         "MiB",
     ),
+    m(
+        "time.workloads.shared",
+        "N workloads asking to share a shim, from ready until all run (ros: `shim = \"shared\"`; baseline: `ctr run --annotation io.containerd.runc.v2.group=…`)",
+        "s",
+    ),
+    m(
+        "shims.workloads.shared",
+        "shims serving them (1 if every start joined the group)",
+        "shims",
+    ),
+    m(
+        "mem.used.workloads.shared",
+        "used memory with N workloads asking to share a shim",
+        "MiB",
+    ),
 ];
 
 pub fn metric(key: &str) -> Option<&'static Metric> {
@@ -157,6 +172,7 @@ impl Results {
 fn decimals(unit: &str) -> usize {
     match unit {
         "s" => 2,
+        "shims" => 0,
         _ => 1,
     }
 }

@@ -6,7 +6,7 @@
 //! Docker's default capability set, no_new_privs, containerd's masked and read-only paths and a
 //! device allow-list. Pure: no I/O, so every rule is unit-tested. It does not pick cgroup paths,
 //! log files or a bridge container's network namespace and resolv.conf (the caller passes them:
-//! [`BridgePaths`]).
+//! [`BridgePaths`]). A container with `shim = "shared"` gets the shim-group annotation.
 //!
 //! Networking by `net`: `host` shares the host's network and UTS namespaces and bind-mounts the
 //! host's `/etc/resolv.conf` read-only; `none` gets new, empty ones (loopback only) and the
