@@ -17,6 +17,7 @@ PREREQS=(
   "apt-get:apt"
   "gpgv:gpgv"
   "mkfs.erofs:erofs-utils"
+  "blkid:util-linux"
   "unshare:util-linux"
   "nsenter:util-linux"
   "script:bsdutils"

@@ -14,31 +14,19 @@ fn out(name: &str) -> PathBuf {
     repo_root().join("build/out").join(name)
 }
 
-/// The UUID the build wrote into initrd-disk.img: the one in system.erofs's superblock.
+/// The UUID the build wrote into initrd-disk.img: system.erofs's, as `blkid` reads it.
 fn image_uuid() -> String {
-    let bytes = std::fs::read(out("system.erofs")).unwrap();
-    xtask_uuid(&bytes[..4096])
-}
-
-/// The erofs superblock's UUID (magic at 1024, `uuid[16]` at 1024 + 48), as blkid prints it.
-fn xtask_uuid(head: &[u8]) -> String {
-    assert_eq!(
-        &head[1024..1028],
-        &0xE0F5_E1E2u32.to_le_bytes(),
-        "erofs magic"
-    );
-    let h: String = head[1072..1088]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    let out = std::process::Command::new("blkid")
+        .args(["-p", "-o", "export"])
+        .arg(out("system.erofs"))
+        .output()
+        .expect("blkid (util-linux) on the host");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "TYPE=erofs"), "blkid: {text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("UUID="))
+        .unwrap_or_else(|| panic!("blkid: no UUID in {text}"))
+        .to_string()
 }
 
 /// Prints `MemTotal − MemAvailable` and `Shmem` (MiB) for the report.

@@ -119,10 +119,23 @@ impl<W: Write> NewcWriter<W> {
     }
 }
 
+/// Unpacks `archive` into `dir` with GNU cpio (the reference reader for the tests).
+#[cfg(test)]
+pub fn extract_with_gnu_cpio(archive: &[u8], dir: &std::path::Path) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("cpio")
+        .args(["-idm", "--quiet"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(archive).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
 
     #[test]
     fn gnu_cpio_reads_what_we_write() {
@@ -134,14 +147,7 @@ mod tests {
         assert_eq!(size, bytes.len() as u64);
         assert_eq!(size % BLOCK, 0);
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("cpio")
-            .args(["-idm", "--quiet"])
-            .current_dir(dir.path())
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&bytes).unwrap();
-        assert!(child.wait().unwrap().success());
+        extract_with_gnu_cpio(&bytes, dir.path());
         assert_eq!(
             std::fs::read(dir.path().join("usr/lib/x")).unwrap(),
             b"hello"

@@ -165,7 +165,6 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Command, Stdio};
 
     fn superblock(uuid: [u8; 16]) -> Vec<u8> {
         let mut b = vec![0u8; 4096];
@@ -211,14 +210,7 @@ mod tests {
         assert_eq!(seg, uuid_segment(uuid, 1_700_000_000).unwrap());
         assert_eq!(seg.len() % 512, 0);
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new("cpio")
-            .args(["-idm", "--quiet"])
-            .current_dir(dir.path())
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(&seg).unwrap();
-        assert!(child.wait().unwrap().success());
+        crate::cpio::extract_with_gnu_cpio(&seg, dir.path());
         assert_eq!(
             fs::read_to_string(dir.path().join(UUID_FILE)).unwrap(),
             format!("{uuid}\n")

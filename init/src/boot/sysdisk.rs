@@ -67,20 +67,10 @@ pub fn wait_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::device::FakeDirs;
     use std::path::Path;
 
     const UUID: &str = "0b9e3f5a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
-
-    struct Fake {
-        _dir: tempfile::TempDir,
-        dirs: Dirs,
-    }
-
-    fn fake() -> Fake {
-        let dir = tempfile::tempdir().unwrap();
-        let dirs = Dirs::under(dir.path());
-        Fake { _dir: dir, dirs }
-    }
 
     fn uuid_bytes(u: &str) -> Vec<u8> {
         let hex: String = u.chars().filter(|c| *c != '-').collect();
@@ -105,7 +95,7 @@ mod tests {
         std::fs::write(dirs.dev.join(name), head).unwrap();
     }
 
-    impl Fake {
+    impl FakeDirs {
         fn device(&self, name: &str, uuid: Option<&str>, partition: bool) {
             device(&self.dirs, name, uuid, partition);
         }
@@ -124,7 +114,7 @@ mod tests {
 
     #[test]
     fn the_device_with_the_uuid_is_found_among_others_and_partitions_count() {
-        let f = fake();
+        let f = FakeDirs::default();
         f.device("vda", None, false);
         f.device("vdb", Some("11111111-2222-4333-8444-555555555555"), false);
         f.device("vdc", None, false);
@@ -138,7 +128,7 @@ mod tests {
 
     #[test]
     fn no_match_names_every_device_looked_at() {
-        let f = fake();
+        let f = FakeDirs::default();
         f.device("vda", None, false);
         f.device("vdb", Some("11111111-2222-4333-8444-555555555555"), false);
         f.device("loop0", Some(UUID), false);
@@ -149,13 +139,13 @@ mod tests {
                 "vdb: erofs UUID 11111111-2222-4333-8444-555555555555"
             ]
         );
-        let empty = fake();
+        let empty = FakeDirs::default();
         assert_eq!(find(&empty.dirs, UUID).unwrap_err(), Vec::<String>::new());
     }
 
     #[test]
     fn waiting_sees_a_disk_that_appears_late_and_gives_up_in_time() {
-        let f = fake();
+        let f = FakeDirs::default();
         let started = Instant::now();
         let seen = wait_for(
             &f.dirs,

@@ -71,17 +71,25 @@ impl Default for Dirs {
     }
 }
 
+/// A fake `sys` and `dev` in a temporary directory (gone on drop), for tests that put
+/// devices there.
 #[cfg(test)]
-impl Dirs {
-    /// A fake `sys` and `dev` under `root` (created), for tests that put devices there.
-    pub fn under(root: &std::path::Path) -> Dirs {
+pub struct FakeDirs {
+    _root: tempfile::TempDir,
+    pub dirs: Dirs,
+}
+
+#[cfg(test)]
+impl Default for FakeDirs {
+    fn default() -> FakeDirs {
+        let root = tempfile::tempdir().unwrap();
         let dirs = Dirs {
-            sys_block: root.join("sys"),
-            dev: root.join("dev"),
+            sys_block: root.path().join("sys"),
+            dev: root.path().join("dev"),
         };
         std::fs::create_dir_all(&dirs.sys_block).unwrap();
         std::fs::create_dir_all(&dirs.dev).unwrap();
-        dirs
+        FakeDirs { _root: root, dirs }
     }
 }
 

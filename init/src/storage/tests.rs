@@ -1,7 +1,7 @@
 //! Host tests of the state-disk decision over a fake `/sys/class/block` + `/dev` holding
 //! image files, with the real mke2fs (e2fsprogs) doing the formatting.
 
-use super::device::Dirs;
+use super::device::FakeDirs;
 use super::*;
 use crate::config::schema::{Mount, StateDisk};
 use crate::net::cni::StdRunner;
@@ -10,18 +10,7 @@ use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::process::Command;
 
-struct Fake {
-    _dir: tempfile::TempDir,
-    dirs: Dirs,
-}
-
-fn fake() -> Fake {
-    let dir = tempfile::tempdir().unwrap();
-    let dirs = Dirs::under(dir.path());
-    Fake { _dir: dir, dirs }
-}
-
-impl Fake {
+impl FakeDirs {
     fn disk(&self, name: &str, mib: u64) -> PathBuf {
         std::fs::create_dir_all(self.dirs.sys_block.join(name)).unwrap();
         let p = self.dirs.dev.join(name);
@@ -51,7 +40,7 @@ fn state(device: &str, autoformat: bool) -> StateDisk {
 }
 
 fn run_choose(
-    f: &Fake,
+    f: &FakeDirs,
     st: &StateDisk,
     cmdline: Option<&str>,
 ) -> (Result<StateDecision, StorageError>, Vec<String>, usize) {
@@ -72,7 +61,7 @@ fn run_choose(
 
 #[test]
 fn a_blank_disk_is_formatted_with_the_label_and_found_by_it_next_time() {
-    let f = fake();
+    let f = FakeDirs::default();
     let vda = f.disk("vda", 32);
     let (r, lines, n) = run_choose(&f, &state("LABEL=ROS_STATE", true), None);
     assert_eq!(
@@ -102,7 +91,7 @@ fn a_blank_disk_is_formatted_with_the_label_and_found_by_it_next_time() {
 
 #[test]
 fn disks_that_carry_anything_are_refused_by_name_and_left_unchanged() {
-    let f = fake();
+    let f = FakeDirs::default();
     let ext = f.disk("vda", 16);
     assert!(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "DATA"])
@@ -158,7 +147,7 @@ fn disks_that_carry_anything_are_refused_by_name_and_left_unchanged() {
 #[test]
 fn the_system_image_disk_is_never_taken_for_a_blank_one() {
     // A node booted from initrd-disk.img: vda holds the raw erofs system image, vdb is blank.
-    let f = fake();
+    let f = FakeDirs::default();
     let tree = f.dirs.dev.parent().unwrap().join("tree");
     std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
     std::fs::write(tree.join("usr/bin/containerd"), b"not really").unwrap();
@@ -194,7 +183,7 @@ fn the_system_image_disk_is_never_taken_for_a_blank_one() {
 
 #[test]
 fn none_on_the_cmdline_or_in_the_config_and_a_missing_label_mean_ram() {
-    let f = fake();
+    let f = FakeDirs::default();
     f.disk("vda", 16);
     let (r, _, n) = run_choose(&f, &state("LABEL=ROS_STATE", true), Some("none"));
     assert!(matches!(r.unwrap(), StateDecision::Ram { .. }));
@@ -211,7 +200,7 @@ fn none_on_the_cmdline_or_in_the_config_and_a_missing_label_mean_ram() {
 
 #[test]
 fn extra_mounts_resolve_by_label_detect_the_type_and_a_missing_required_one_is_an_error() {
-    let f = fake();
+    let f = FakeDirs::default();
     let data = f.disk("vdb", 16);
     assert!(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "DATA"])
@@ -255,7 +244,7 @@ fn extra_mounts_resolve_by_label_detect_the_type_and_a_missing_required_one_is_a
 
 #[test]
 fn the_state_disk_is_found_by_uuid_or_path_and_never_formatted_by_uuid() {
-    let f = fake();
+    let f = FakeDirs::default();
     let vdb = f.disk("vdb", 16);
     assert!(Command::new("mkfs.ext4")
         .args([
