@@ -586,9 +586,11 @@ fn stage(
         fs::create_dir_all(&p).map_err(io_err(&p))?;
     }
 
-    // /init is ros; `ros` on PATH is the same binary (the CLI).
+    // /init is ros; `ros` on PATH is the same binary (the CLI), and so is the runtime of
+    // shared-shim containers, which containerd finds on its PATH by that name.
     copy(plan.ros, &staging.join("init"), 0o755)?;
     link("/init", &staging.join("usr/bin/ros"))?;
+    link("/init", &staging.join("usr/bin/containerd-shim-ros-v2"))?;
 
     // busybox and one /bin link per applet.
     let bb = find_busybox(plan.busybox.1)?;

@@ -14,6 +14,8 @@
 use super::client::{valid_identifier as valid_id, Client, Rpc, SNAPSHOTTER};
 use super::import::ImageInfo;
 use super::logs::TaskLogs;
+use super::shared_shim;
+use super::spec::SHIM_GROUP;
 use crate::config::schema::Kind;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::snapshots::{
@@ -32,8 +34,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The shim every container runs under.
+/// The shim a container runs under unless it shares one.
 pub const RUNTIME: &str = "io.containerd.runc.v2";
+
+/// The runtime for `spec`: a container of a shim group (the [`SHIM_GROUP`] annotation) runs
+/// under [`shared_shim::RUNTIME`], which joins its group's shim reliably; any other under runc's.
+pub fn runtime_for(spec: &oci_spec::runtime::Spec) -> &'static str {
+    let grouped = spec
+        .annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(SHIM_GROUP));
+    if grouped {
+        shared_shim::RUNTIME
+    } else {
+        RUNTIME
+    }
+}
 /// The `Any` type URL containerd expects for an OCI runtime spec (JSON in the value).
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 /// The type URL of the runc shim's options.
@@ -268,7 +284,7 @@ impl Client {
             labels,
             image: c.image.name.clone(),
             runtime: Some(Runtime {
-                name: RUNTIME.to_owned(),
+                name: runtime_for(c.spec).to_owned(),
                 options: Some(runc_options()),
             }),
             spec: Some(prost_types::Any {
@@ -631,6 +647,19 @@ mod tests {
         assert_eq!(parse_signal("9"), Some(Signal::SIGKILL));
         assert_eq!(parse_signal("SIGRTMIN+3"), None);
         assert_eq!(parse_signal("nope"), None);
+    }
+
+    #[test]
+    fn test_grouped_containers_run_under_the_shared_shim_runtime() {
+        let mut spec = oci_spec::runtime::Spec::default();
+        assert_eq!(runtime_for(&spec), "io.containerd.runc.v2");
+        spec.set_annotations(Some(HashMap::from([(
+            SHIM_GROUP.to_owned(),
+            "ros-workloads".to_owned(),
+        )])));
+        assert_eq!(runtime_for(&spec), "io.containerd.ros.v2");
+        // containerd resolves io.containerd.<name>.<version> to containerd-shim-<name>-<version>.
+        assert_eq!(shared_shim::BINARY, "containerd-shim-ros-v2");
     }
 
     #[test]

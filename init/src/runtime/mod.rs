@@ -12,6 +12,8 @@
 //! - [`containers`]: containers and their tasks: create, start, kill, wait, stop, delete, list.
 //! - [`logs`]: stdout/stderr FIFOs per task copied into rotated per-container log files.
 //! - [`spec`]: OCI runtime specs (pure).
+//! - [`shared_shim`]: `containerd-shim-ros-v2`, the runtime of `shim = "shared"` containers
+//!   (runc's v2 shim with a serialized, timer-free `start` for a shim group).
 //!
 //! Nothing here spawns a process or waits for a child.
 
@@ -22,6 +24,7 @@ pub mod daemon;
 pub mod import;
 pub mod logs;
 pub mod pull;
+pub mod shared_shim;
 pub mod spec;
 
 pub use client::{Client, ClientError};
