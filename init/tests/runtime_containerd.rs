@@ -15,6 +15,7 @@ use ros::runtime::containers::{ContainerError, NewContainer, TaskState};
 use ros::runtime::daemon::{self, Instance};
 use ros::runtime::import::ImageInfo;
 use ros::runtime::logs::{LogSink, Rotation};
+use ros::runtime::pool::Pool;
 use ros::runtime::spec::{self, SpecInput};
 use ros::runtime::Client;
 use std::collections::BTreeMap;
@@ -446,4 +447,73 @@ fn dump_config(rootfs: &Path, config: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Client connections containerd has accepted on its socket: /proc/net/unix lines (Num RefCount
+/// Protocol Flags Type St Inode Path) with its path that are not the listener (flags 00010000).
+fn connections(ctr: &HostContainerd) -> usize {
+    let path = ctr.address();
+    let path = path.to_string_lossy();
+    fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() == 8 && f[7] == path && f[3] != "00010000")
+        .count()
+}
+
+#[tokio::test]
+async fn test_pool_lends_each_connection_to_a_bounded_number_of_supervisors() {
+    if !is_root() {
+        return;
+    }
+    let (ctr, _) = common::containerd_with_archives(&[]);
+    drop(connect(&ctr).await);
+    let idle = eventually(Duration::from_secs(5), || {
+        (connections(&ctr) == 0).then_some(())
+    })
+    .await;
+    assert!(idle.is_some(), "containerd holds {}", connections(&ctr));
+    let pool = Pool::new(&ctr.address(), NS, 2);
+
+    // Five borrowers, two per connection: three connections, each answering.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let b = pool.borrow(None).await.unwrap();
+        assert!(b.version().await.unwrap().starts_with("1.7."));
+        held.push(b);
+    }
+    let ids: Vec<u64> = held.iter().map(|b| b.connection()).collect();
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[2], ids[3]);
+    assert_ne!(ids[0], ids[2]);
+    assert_ne!(ids[4], ids[2]);
+    assert_eq!(pool.borrowers().await, [2, 2, 1]);
+    let seen = eventually(Duration::from_secs(5), || {
+        (connections(&ctr) == 3).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "containerd holds {}", connections(&ctr));
+
+    // The first connection's borrowers leave: it is closed at the next borrow, which takes
+    // the room left on the third.
+    let third = held.pop().unwrap();
+    held.drain(..2);
+    let next = pool.borrow(None).await.unwrap();
+    assert_eq!(next.connection(), third.connection());
+    assert_eq!(pool.borrowers().await, [2, 2]);
+
+    // A borrower that saw the third connection fail gets a new one; the failed one is gone.
+    let renewed = pool.borrow(Some(third.connection())).await.unwrap();
+    assert_ne!(renewed.connection(), third.connection());
+    assert!(renewed.version().await.is_ok());
+    drop((next, third));
+    assert_eq!(pool.borrowers().await, [2, 1]);
+    let seen = eventually(Duration::from_secs(5), || {
+        (connections(&ctr) == 2).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "containerd holds {}", connections(&ctr));
+    drop((held, renewed));
+    ctr.stop().unwrap();
 }

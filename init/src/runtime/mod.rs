@@ -9,6 +9,7 @@
 //! - [`import`]: OCI archives into the content store, unpacked into snapshots; image configs.
 //! - [`pull`]: images from registries (mirrors, insecure, credentials), client-side, stored
 //!   through `import`'s content and unpack path.
+//! - [`pool`]: shared connections to a containerd, lent to the containers' supervisors.
 //! - [`containers`]: containers and their tasks: create, start, kill, wait, stop, delete, list.
 //! - [`logs`]: stdout/stderr FIFOs per task copied into rotated per-container log files.
 //! - [`spec`]: OCI runtime specs (pure).
@@ -23,6 +24,7 @@ pub mod containers;
 pub mod daemon;
 pub mod import;
 pub mod logs;
+pub mod pool;
 pub mod pull;
 pub mod shared_shim;
 pub mod spec;

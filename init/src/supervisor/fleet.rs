@@ -5,7 +5,8 @@
 //! Owns the tokio runtime the containerd clients live in, the start order (waves from
 //! `depends_on`; a one-shot must exit 0 before its dependents start), admission
 //! (`limits.user.max_containers`), one supervising task per container (wait for the task's exit,
-//! restart policy and backoff, a new task on the same container) and the ordered stop.
+//! restart policy and backoff, a new task on the same container; its client borrowed from the
+//! daemon's shared connections, `runtime::pool`) and the ordered stop.
 //!
 //! Must not: spawn or wait for processes (containerd's shims run the containers; PID 1's reaper
 //! owns the containerd daemons). A containerd that goes away is waited for: each supervisor
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::runtime::containers::{parse_signal, NewContainer, TaskState};
 use crate::runtime::daemon::{self, Instance};
 use crate::runtime::logs::{LogSink, Rotation, Stream};
+use crate::runtime::pool::{Borrowed, Pool};
 use crate::runtime::{bundled, pull, spec, Client};
 use crate::supervisor::bridge_net::BridgeNet;
 use crate::supervisor::graph;
@@ -607,8 +609,14 @@ fn spawn_unit(rt: &tokio::runtime::Handle, job: Job) -> Unit {
     }
 }
 
-/// Connects, retrying while containerd is away (restarting); `None` once a stop is asked.
-async fn reconnect(job: &Job, stop: &mut watch::Receiver<bool>) -> Option<Client> {
+/// A client on the daemon's shared connections (`pool`), retrying while containerd is away
+/// (restarting); `failed` is the connection the job saw fail. `None` once a stop is asked.
+async fn reconnect(
+    job: &Job,
+    failed: Option<u64>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Borrowed> {
+    let pool = Pool::shared(&job.socket, job.namespace);
     loop {
         if *stop.borrow() {
             return None;
@@ -617,7 +625,7 @@ async fn reconnect(job: &Job, stop: &mut watch::Receiver<bool>) -> Option<Client
             daemon::wait_ready(&job.socket, Duration::from_secs(5))
                 .await
                 .ok()?;
-            Client::connect(&job.socket, job.namespace).await.ok()
+            pool.borrow(failed).await.ok()
         };
         tokio::select! {
             c = attempt => if let Some(c) = c { return Some(c) },
@@ -630,7 +638,7 @@ async fn reconnect(job: &Job, stop: &mut watch::Receiver<bool>) -> Option<Client
 /// Waits for the task's exit status; rides out a containerd restart (the shim keeps the task).
 async fn wait_exit(
     job: &Job,
-    client: &mut Client,
+    client: &mut Borrowed,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<u32> {
     loop {
@@ -638,7 +646,7 @@ async fn wait_exit(
             Ok(exit) => return Some(exit.status),
             Err(e) => {
                 log::warn!("{} {}: {e}; reconnecting", kind_name(job.kind), job.name);
-                *client = reconnect(job, stop).await?;
+                *client = reconnect(job, Some(client.connection()), stop).await?;
                 match client.task_status(&job.name).await {
                     Ok(Some(t)) if t.state == TaskState::Stopped => {
                         return Some(t.exit_status.unwrap_or(255))
@@ -771,7 +779,7 @@ async fn supervise(
     restarts: Arc<Mutex<u32>>,
 ) {
     let what = format!("{} {}", kind_name(job.kind), job.name);
-    let Some(mut client) = reconnect(&job, &mut stop).await else {
+    let Some(mut client) = reconnect(&job, None, &mut stop).await else {
         return;
     };
     let mut job = job;
