@@ -301,8 +301,9 @@ fn workloads(sys: System, args: &Args, images: &Images, results: &mut Results) -
 
 /// The same workloads asking for one shared shim on both systems (containerd's runc v2 shim
 /// grouping: ros's `shim = "shared"`, the baseline's `ctr run --annotation`). How many shims
-/// serve them is a row too: containerd 1.7's 100 ms probe of the group's socket often times
-/// out under TCG and starts another shim (docs/runtime.md "Shared shims").
+/// serve them is a row too: runc's own start (the baseline's) probes the group's socket for
+/// 100 ms and starts another shim when that times out under TCG (docs/runtime.md "Shared
+/// shims").
 fn workloads_shared(
     sys: System,
     args: &Args,

@@ -392,9 +392,8 @@ pub enum Shim {
     Own,
     /// One shim for the services that share, one for the workloads that share (runc v2 shim
     /// grouping). If that shim dies, every container in it exits and is restarted by its
-    /// policy. containerd 1.7 marks grouping experimental, and its 100 ms probe of the group's
-    /// socket can time out on a starved CPU and start a second shim on the same path
-    /// (docs/runtime.md "Shared shims").
+    /// policy. Such containers run under ros's `io.containerd.ros.v2`, whose start joins the
+    /// group's shim without runc's 100 ms probe (docs/runtime.md "Shared shims").
     Shared,
 }
 

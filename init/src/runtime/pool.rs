@@ -3,7 +3,7 @@
 //! held 100 HTTP/2 connections before, each with its buffers in PID 1 and its goroutines and
 //! buffers in containerd.
 //!
-//! A connection is lent to at most [`Pool::per_connection`] borrowers at a time: a `Wait` holds an
+//! A connection is lent to at most [`PER_CONNECTION`] borrowers at a time: a `Wait` holds an
 //! HTTP/2 stream for its container's whole life, and the h2 client assumes at most 100
 //! concurrent streams until the server says otherwise. A borrower that saw its connection fail
 //! (containerd restarted) hands back its [`Borrowed::connection`] id, and the pool dials anew
@@ -43,8 +43,8 @@ pub struct Pool {
     socket: PathBuf,
     namespace: String,
     per_connection: usize,
-    next_id: std::sync::atomic::AtomicU64,
-    conns: tokio::sync::Mutex<Vec<Conn>>,
+    /// The connections, and the id the next one gets.
+    conns: tokio::sync::Mutex<(Vec<Conn>, u64)>,
 }
 
 /// A client on a pooled connection; the connection counts it until it is dropped.
@@ -75,8 +75,7 @@ impl Pool {
             socket: socket.to_owned(),
             namespace: namespace.to_owned(),
             per_connection: per_connection.max(1),
-            next_id: std::sync::atomic::AtomicU64::new(1),
-            conns: tokio::sync::Mutex::new(Vec::new()),
+            conns: tokio::sync::Mutex::new((Vec::new(), 1)),
         }
     }
 
@@ -94,14 +93,11 @@ impl Pool {
             .clone()
     }
 
-    pub fn per_connection(&self) -> usize {
-        self.per_connection
-    }
-
     /// A client on a connection with room, dialing one when none has; `failed` is the
     /// connection the caller saw fail, never lent again.
     pub async fn borrow(&self, failed: Option<u64>) -> Result<Borrowed, ClientError> {
-        let mut conns = self.conns.lock().await;
+        let mut guard = self.conns.lock().await;
+        let (conns, next_id) = &mut *guard;
         conns.retain(|c| Some(c.id) != failed && c.borrowers() > 0);
         let conn = match conns
             .iter()
@@ -110,9 +106,8 @@ impl Pool {
             Some(i) => &conns[i],
             None => {
                 let client = Client::connect(&self.socket, &self.namespace).await?;
-                let id = self
-                    .next_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = *next_id;
+                *next_id += 1;
                 conns.push(Conn {
                     id,
                     client,
@@ -133,6 +128,7 @@ impl Pool {
         self.conns
             .lock()
             .await
+            .0
             .iter()
             .map(Conn::borrowers)
             .collect()
