@@ -134,10 +134,10 @@ impl Vm {
         })?;
         let console = Arc::new((Mutex::new(Console::default()), Condvar::new()));
         if let Some(out) = child.stdout.take() {
-            spawn_reader(out, console.clone());
+            spawn_reader(out, console.clone(), opts.echo_errors);
         }
         if let Some(err) = child.stderr.take() {
-            spawn_reader(err, console.clone());
+            spawn_reader(err, console.clone(), opts.echo_errors);
         }
         Ok(Vm {
             name: name.into(),
@@ -501,7 +501,22 @@ pub fn running_pid(tasks: &str, id: &str) -> Option<u32> {
     })
 }
 
-fn spawn_reader(out: impl Read + Send + 'static, console: Arc<(Mutex<Console>, Condvar)>) {
+/// Console lines in which the node reports its own errors (DESIGN's stable console lines).
+pub const ERROR_LINES: &[&str] = &["ros: config error: ", "ros: recovery shell: "];
+
+/// The node's error line in `line`, from its `ros: ` prefix on (the kernel's timestamp dropped).
+pub fn error_line(line: &str) -> Option<&str> {
+    ERROR_LINES
+        .iter()
+        .find_map(|p| line.find(p))
+        .map(|at| line[at..].trim_end())
+}
+
+fn spawn_reader(
+    out: impl Read + Send + 'static,
+    console: Arc<(Mutex<Console>, Condvar)>,
+    echo_errors: bool,
+) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(out);
         let mut buf = Vec::new();
@@ -513,6 +528,8 @@ fn spawn_reader(out: impl Read + Send + 'static, console: Arc<(Mutex<Console>, C
                     let line = String::from_utf8_lossy(&buf).replace('\r', "");
                     if std::env::var_os("ROS_VM_ECHO").is_some() {
                         eprint!("{line}");
+                    } else if let Some(e) = error_line(&line).filter(|_| echo_errors) {
+                        eprintln!("{e}");
                     }
                     if let Ok(mut c) = console.0.lock() {
                         c.text.push_str(&line);
@@ -526,4 +543,22 @@ fn spawn_reader(out: impl Read + Send + 'static, console: Arc<(Mutex<Console>, C
         }
         console.1.notify_all();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_are_found_after_the_kernel_timestamp() {
+        assert_eq!(
+            error_line("[    3.1] ros: config error: hostnme (line 2): unknown field\n"),
+            Some("ros: config error: hostnme (line 2): unknown field")
+        );
+        assert_eq!(
+            error_line("ros: recovery shell: mount tmpfs on /run: ENOTDIR"),
+            Some("ros: recovery shell: mount tmpfs on /run: ENOTDIR")
+        );
+        assert_eq!(error_line("ros: ready in 9.000s"), None);
+    }
 }

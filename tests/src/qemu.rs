@@ -37,6 +37,9 @@ pub struct VmOptions {
     pub no_reboot: bool,
     /// Console on a terminal: QEMU's monitor multiplexed on it (Ctrl-A x quits).
     pub interactive: bool,
+    /// Copy the node's own error lines (`ros: config error: …`, `ros: recovery shell: …`) to
+    /// stderr as they appear (`scripts/run --exec`, whose stdout is the command's alone).
+    pub echo_errors: bool,
 }
 
 impl Default for VmOptions {
@@ -57,6 +60,7 @@ impl Default for VmOptions {
             debug_shell: true,
             no_reboot: true,
             interactive: false,
+            echo_errors: false,
         }
     }
 }

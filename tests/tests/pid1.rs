@@ -259,10 +259,14 @@ fn scripts_run_exec_prints_init_name_and_hostname() {
         .unwrap()
         .set_len(8 << 20)
         .unwrap();
+    // A provisioned layer with a typo: skipped, and the node's error line reaches stderr.
+    let bad = write(dir.path(), "bad.toml", "version = 1\nhostnme = \"typo\"\n");
     let out = Command::new(repo_root().join("scripts/run"))
         .args(["--mem", "512", "--append", "ros.sysctl.vm.swappiness=21 ros.hostname=opt-node"])
         .args(["--nic", "user,mac=52:54:00:00:00:99", "--disk"])
         .arg(&disk)
+        .arg("--config")
+        .arg(&bad)
         .args(["--exec", "hostname; cat /proc/sys/vm/swappiness; cat /sys/block/vda/size; awk '/MemTotal/{print ($2 < 524288)}' /proc/meminfo; cat /sys/class/net/eth0/address; exit 3"])
         .output()
         .unwrap();
@@ -274,6 +278,12 @@ fn scripts_run_exec_prints_init_name_and_hostname() {
         out.status.code(),
         Some(3),
         "--exec exits with the command's status"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("ros: config error: hostnme (line 2): unknown field `hostnme`")),
+        "the node's config error is shown on stderr:\n{err}"
     );
 }
 

@@ -74,6 +74,7 @@ pub fn main(args: Vec<String>) -> anyhow::Result<()> {
             if args.verbose {
                 std::env::set_var("ROS_VM_ECHO", "1");
             }
+            opts.echo_errors = true;
             let code = exec(&opts, cmd, Duration::from_secs(args.timeout.unwrap_or(300)))?;
             std::process::exit(code);
         }
